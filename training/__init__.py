@@ -1,0 +1,1 @@
+"""Training: a regularised LSTM forecaster that cannot ship collapsed, and its artifacts."""
