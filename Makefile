@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 ARTIFACTS ?= artifacts
 
-.PHONY: install run train test lint format clean
+.PHONY: install run train serve test lint format proto clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,12 +19,16 @@ install: $(STAMP) ## create .venv and install the project with its dev extras
 train: install ## train the default model into $(ARTIFACTS)/<version>/
 	$(BIN)/python -m training.train --output $(ARTIFACTS)
 
-run: install ## train the default model if no version is published yet
+run: install ## train the default model if no version is published yet, then serve it
 	@if ls $(ARTIFACTS)/*/manifest.json >/dev/null 2>&1; then \
-		echo "artifacts present: $$(ls -d $(ARTIFACTS)/*/ | tail -n 1)"; \
+		echo "serving the newest version in $(ARTIFACTS)/ (make train publishes a new one)"; \
 	else \
 		$(BIN)/python -m training.train --output $(ARTIFACTS); \
 	fi
+	$(BIN)/python -m service --artifacts $(ARTIFACTS)
+
+serve: install ## serve the newest version in $(ARTIFACTS) (no training)
+	$(BIN)/python -m service --artifacts $(ARTIFACTS)
 
 test: install ## lint, then the whole test suite
 	$(BIN)/ruff check .
@@ -35,6 +39,9 @@ lint: install
 
 format: install
 	$(BIN)/ruff format .
+
+proto: install ## regenerate service/_proto from proto/ (a test fails when it is stale)
+	$(BIN)/python -m service.protogen
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info

@@ -1,0 +1,1 @@
+"""Serving: ``python -m service``, a gRPC forecasting server over the trained artifacts."""

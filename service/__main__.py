@@ -1,0 +1,40 @@
+"""``python -m service``: load and verify the artifacts, then serve until SIGTERM/SIGINT.
+
+Exit codes: 0 after a clean drain; 2 bad settings or unusable artifacts (one line on stderr).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+
+from service.config import load_settings
+
+PROG = "python -m service"
+
+
+def main(argv: list[str] | None = None) -> int:
+    settings = load_settings(argv)
+    logging.basicConfig(
+        level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s"
+    )
+    from service.server import serve  # deferred: imports TensorFlow
+    from training.artifacts import ArtifactError, load_artifacts
+    from training.model import configure_devices
+
+    device = configure_devices()
+    try:
+        artifacts = load_artifacts(settings.artifacts)
+    except ArtifactError as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 2
+    try:
+        return asyncio.run(serve(settings, artifacts, device=device))
+    except OSError as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

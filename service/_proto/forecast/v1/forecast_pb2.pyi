@@ -1,0 +1,99 @@
+from google.protobuf.internal import containers as _containers
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class Window(_message.Message):
+    __slots__ = ("values",)
+    VALUES_FIELD_NUMBER: _ClassVar[int]
+    values: _containers.RepeatedScalarFieldContainer[float]
+    def __init__(self, values: _Optional[_Iterable[float]] = ...) -> None: ...
+
+class ForecastRequest(_message.Message):
+    __slots__ = ("windows",)
+    WINDOWS_FIELD_NUMBER: _ClassVar[int]
+    windows: _containers.RepeatedCompositeFieldContainer[Window]
+    def __init__(self, windows: _Optional[_Iterable[_Union[Window, _Mapping]]] = ...) -> None: ...
+
+class Prediction(_message.Message):
+    __slots__ = ("values",)
+    VALUES_FIELD_NUMBER: _ClassVar[int]
+    values: _containers.RepeatedScalarFieldContainer[float]
+    def __init__(self, values: _Optional[_Iterable[float]] = ...) -> None: ...
+
+class ForecastResponse(_message.Message):
+    __slots__ = ("predictions", "model_version")
+    PREDICTIONS_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    predictions: _containers.RepeatedCompositeFieldContainer[Prediction]
+    model_version: str
+    def __init__(self, predictions: _Optional[_Iterable[_Union[Prediction, _Mapping]]] = ..., model_version: _Optional[str] = ...) -> None: ...
+
+class GetModelInfoRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class SplitMetrics(_message.Message):
+    __slots__ = ("mae", "rmse", "persistence_mae", "mean_forecast_mae", "std_ratio", "windows")
+    MAE_FIELD_NUMBER: _ClassVar[int]
+    RMSE_FIELD_NUMBER: _ClassVar[int]
+    PERSISTENCE_MAE_FIELD_NUMBER: _ClassVar[int]
+    MEAN_FORECAST_MAE_FIELD_NUMBER: _ClassVar[int]
+    STD_RATIO_FIELD_NUMBER: _ClassVar[int]
+    WINDOWS_FIELD_NUMBER: _ClassVar[int]
+    mae: float
+    rmse: float
+    persistence_mae: float
+    mean_forecast_mae: float
+    std_ratio: float
+    windows: int
+    def __init__(self, mae: _Optional[float] = ..., rmse: _Optional[float] = ..., persistence_mae: _Optional[float] = ..., mean_forecast_mae: _Optional[float] = ..., std_ratio: _Optional[float] = ..., windows: _Optional[int] = ...) -> None: ...
+
+class FeatureReference(_message.Message):
+    __slots__ = ("name", "mean", "std", "min", "max", "raw_mean", "raw_std")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    MEAN_FIELD_NUMBER: _ClassVar[int]
+    STD_FIELD_NUMBER: _ClassVar[int]
+    MIN_FIELD_NUMBER: _ClassVar[int]
+    MAX_FIELD_NUMBER: _ClassVar[int]
+    RAW_MEAN_FIELD_NUMBER: _ClassVar[int]
+    RAW_STD_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    mean: float
+    std: float
+    min: float
+    max: float
+    raw_mean: float
+    raw_std: float
+    def __init__(self, name: _Optional[str] = ..., mean: _Optional[float] = ..., std: _Optional[float] = ..., min: _Optional[float] = ..., max: _Optional[float] = ..., raw_mean: _Optional[float] = ..., raw_std: _Optional[float] = ...) -> None: ...
+
+class ModelInfo(_message.Message):
+    __slots__ = ("model_version", "feature_names", "target", "window", "horizon", "target_mode", "validation", "test", "features", "max_windows_per_request", "created_at", "device")
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    FEATURE_NAMES_FIELD_NUMBER: _ClassVar[int]
+    TARGET_FIELD_NUMBER: _ClassVar[int]
+    WINDOW_FIELD_NUMBER: _ClassVar[int]
+    HORIZON_FIELD_NUMBER: _ClassVar[int]
+    TARGET_MODE_FIELD_NUMBER: _ClassVar[int]
+    VALIDATION_FIELD_NUMBER: _ClassVar[int]
+    TEST_FIELD_NUMBER: _ClassVar[int]
+    FEATURES_FIELD_NUMBER: _ClassVar[int]
+    MAX_WINDOWS_PER_REQUEST_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_FIELD_NUMBER: _ClassVar[int]
+    model_version: str
+    feature_names: _containers.RepeatedScalarFieldContainer[str]
+    target: str
+    window: int
+    horizon: int
+    target_mode: str
+    validation: SplitMetrics
+    test: SplitMetrics
+    features: _containers.RepeatedCompositeFieldContainer[FeatureReference]
+    max_windows_per_request: int
+    created_at: str
+    device: str
+    def __init__(self, model_version: _Optional[str] = ..., feature_names: _Optional[_Iterable[str]] = ..., target: _Optional[str] = ..., window: _Optional[int] = ..., horizon: _Optional[int] = ..., target_mode: _Optional[str] = ..., validation: _Optional[_Union[SplitMetrics, _Mapping]] = ..., test: _Optional[_Union[SplitMetrics, _Mapping]] = ..., features: _Optional[_Iterable[_Union[FeatureReference, _Mapping]]] = ..., max_windows_per_request: _Optional[int] = ..., created_at: _Optional[str] = ..., device: _Optional[str] = ...) -> None: ...

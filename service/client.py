@@ -1,0 +1,214 @@
+"""``python -m service.client``: call the forecast service from the shell, or import it.
+
+    python -m service.client info
+    python -m service.client health
+    python -m service.client forecast --csv data.csv        # the last `window` rows
+    python -m service.client forecast --json windows.json   # [[...], ...] or {"windows": ...}
+
+As a library::
+
+    from service.client import ForecastClient
+    with ForecastClient("localhost:50051") as client:
+        info = client.info()
+        forecasts = client.forecast(windows)   # numpy [n, window, features] -> [n, horizon]
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import sys
+from pathlib import Path
+
+import grpc
+import numpy as np
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from service.api import SERVICE_NAME, pb, pb_grpc
+
+PROG = "python -m service.client"
+
+
+def channel_credentials(
+    ca: Path | None = None, cert: Path | None = None, key: Path | None = None
+) -> grpc.ChannelCredentials:
+    return grpc.ssl_channel_credentials(
+        root_certificates=ca.read_bytes() if ca else None,
+        private_key=key.read_bytes() if key else None,
+        certificate_chain=cert.read_bytes() if cert else None,
+    )
+
+
+def request_from_windows(windows: np.ndarray) -> pb.ForecastRequest:
+    """``[n, window, features]`` -> ForecastRequest (row-major per window)."""
+    flat = np.asarray(windows, dtype=np.float32).reshape(len(windows), -1)
+    return pb.ForecastRequest(windows=[pb.Window(values=row) for row in flat.tolist()])
+
+
+def forecasts_from_response(response: pb.ForecastResponse) -> np.ndarray:
+    return np.array([list(p.values) for p in response.predictions], dtype=np.float64)
+
+
+class ForecastClient:
+    """A small synchronous client. ``target`` is host:port; TLS when ``credentials`` is given."""
+
+    def __init__(
+        self,
+        target: str,
+        *,
+        credentials: grpc.ChannelCredentials | None = None,
+        token: str | None = None,
+        timeout: float = 10.0,
+        server_name: str | None = None,
+    ):
+        options = [("grpc.ssl_target_name_override", server_name)] if server_name else []
+        self._channel = (
+            grpc.secure_channel(target, credentials, options=options)
+            if credentials
+            else grpc.insecure_channel(target, options=options)
+        )
+        self._stub = pb_grpc.ForecastServiceStub(self._channel)
+        self._health = health_pb2_grpc.HealthStub(self._channel)
+        self._metadata = (("authorization", f"Bearer {token}"),) if token else ()
+        self._timeout = timeout
+
+    def __enter__(self) -> ForecastClient:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def info(self) -> pb.ModelInfo:
+        return self._stub.GetModelInfo(
+            pb.GetModelInfoRequest(), metadata=self._metadata, timeout=self._timeout
+        )
+
+    def forecast(self, windows: np.ndarray) -> np.ndarray:
+        return forecasts_from_response(self.forecast_response(windows))
+
+    def forecast_response(self, windows: np.ndarray) -> pb.ForecastResponse:
+        return self._stub.Forecast(
+            request_from_windows(windows), metadata=self._metadata, timeout=self._timeout
+        )
+
+    def health(self, service: str = "") -> str:
+        response = self._health.Check(
+            health_pb2.HealthCheckRequest(service=service), timeout=self._timeout
+        )
+        return health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
+
+
+def windows_from_csv(path: Path, info: pb.ModelInfo) -> np.ndarray:
+    """The last ``window`` rows of the model's feature columns, as one window."""
+    with path.open(newline="", encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    names = list(info.feature_names)
+    if not rows:
+        raise ValueError(f"{path}: no data rows")
+    missing = [n for n in names if n not in rows[0]]
+    if missing:
+        raise ValueError(f"{path}: missing column(s) {', '.join(missing)}")
+    if len(rows) < info.window:
+        raise ValueError(f"{path}: has {len(rows)} rows, the model needs {info.window}")
+    try:
+        values = [[float(row[n]) for n in names] for row in rows[-info.window :]]
+    except ValueError as exc:
+        raise ValueError(f"{path}: {exc}") from None
+    return np.array(values, dtype=np.float64)[None]
+
+
+def windows_from_json(path: Path, info: pb.ModelInfo) -> np.ndarray:
+    """``[[row, ...], ...]`` (one window), ``[[[...]]]`` (several) or ``{"windows": ...}``."""
+    body = json.loads(path.read_text())
+    if isinstance(body, dict):
+        body = body.get("windows")
+    array = np.asarray(body, dtype=np.float64)
+    per_window = info.window * len(info.feature_names)
+    if array.size % per_window or array.size == 0:
+        raise ValueError(f"{path}: {array.size} values is not a multiple of {per_window}")
+    return array.reshape(-1, info.window, len(info.feature_names))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    class Parser(argparse.ArgumentParser):
+        def error(self, message):  # type: ignore[override]
+            self.exit(2, f"{PROG}: error: {message}\n")
+
+    parser = Parser(
+        prog=PROG,
+        description="Call the forecast service: model info, health, or forecasts.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--target", default=os.environ.get("FORECAST_TARGET", "localhost:50051"),
+                        help="server address host:port [FORECAST_TARGET]")
+    parser.add_argument("--timeout", type=float, default=10.0, help="per-call deadline, seconds")
+    parser.add_argument("--tls", action="store_true", help="use TLS (system roots unless --ca)")
+    parser.add_argument("--ca", type=Path, help="PEM CA bundle that signed the server cert")
+    parser.add_argument("--cert", type=Path, help="PEM client certificate (mTLS)")
+    parser.add_argument("--key", type=Path, help="PEM client key (mTLS)")
+    parser.add_argument("--server-name", help="TLS name to verify instead of the target host")
+    parser.add_argument("--token", default=os.environ.get("FORECAST_AUTH_TOKEN"),
+                        help="bearer token [FORECAST_AUTH_TOKEN]")
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("info", help="print model version, features, window, horizon, metrics")
+    h = sub.add_parser("health", help="print the health status; exit 0 only when SERVING")
+    h.add_argument("--service", default="", help=f"'' (whole server) or {SERVICE_NAME}")
+    f = sub.add_parser("forecast", help="forecast from a CSV (last window rows) or JSON file")
+    source = f.add_mutually_exclusive_group(required=True)
+    source.add_argument("--csv", type=Path, help="CSV with a header naming the feature columns")
+    source.add_argument("--json", type=Path, help="JSON windows in training units")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    credentials = None
+    if args.tls or args.ca or args.cert:
+        try:
+            credentials = channel_credentials(args.ca, args.cert, args.key)
+        except OSError as exc:
+            print(f"{PROG}: error: {exc}", file=sys.stderr)
+            return 2
+    client = ForecastClient(args.target, credentials=credentials, token=args.token,
+                            timeout=args.timeout, server_name=args.server_name)
+    try:
+        if args.command == "health":
+            status = client.health(args.service)
+            print(status)
+            return 0 if status == "SERVING" else 1
+        info = client.info()
+        if args.command == "info":
+            from google.protobuf import json_format
+
+            print(json_format.MessageToJson(info, preserving_proto_field_name=True))
+            return 0
+        source = args.csv or args.json
+        if not source.is_file():
+            print(f"{PROG}: error: no such file: {source}", file=sys.stderr)
+            return 2
+        loader = windows_from_csv if args.csv else windows_from_json
+        windows = loader(source, info)
+        response = client.forecast_response(windows)
+        print(json.dumps({
+            "model_version": response.model_version,
+            "target": info.target,
+            "forecasts": forecasts_from_response(response).tolist(),
+        }))
+        return 0
+    except grpc.RpcError as exc:
+        print(f"{PROG}: error: {exc.code().name}: {exc.details()}", file=sys.stderr)
+        return 1
+    except (ValueError, OSError) as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        client.close()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

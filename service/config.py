@@ -1,0 +1,187 @@
+"""Service settings: one dataclass, every field a ``--flag`` with a ``FORECAST_*`` env-var twin.
+
+Precedence: command-line flag > environment variable > default. Defaults live here only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from dataclasses import MISSING, dataclass, field, fields
+from pathlib import Path
+
+ENV_PREFIX = "FORECAST_"
+
+
+def _setting(default, help: str, **extra):
+    return field(default=default, metadata={"help": help, **extra})
+
+
+def _int_tuple(text: str) -> tuple[int, ...]:
+    values = tuple(int(v) for v in str(text).split(",") if v.strip())
+    if not values or min(values) < 1:
+        raise ValueError(f"expected comma-separated positive integers, got {text!r}")
+    return tuple(sorted(set(values)))
+
+
+@dataclass(frozen=True)
+class Settings:
+    artifacts: Path = _setting(
+        Path("artifacts"),
+        "a version directory, or the base directory (the newest version is served)",
+    )
+    address: str = _setting("0.0.0.0:50051", "gRPC listen address (host:port; port 0 = any)")
+    metrics_port: int = _setting(9464, "Prometheus /metrics port (0 = any free port, -1 = off)")
+    metrics_address: str = _setting("0.0.0.0", "Prometheus /metrics listen address")
+    max_batch_size: int = _setting(
+        128, "most windows merged into one model call; the largest padding bucket"
+    )
+    batch_buckets: tuple[int, ...] = _setting(
+        (1, 2, 4, 8, 16, 32, 64, 128),
+        "batch sizes a model call is padded up to (XLA compiles one program per bucket)",
+        parse=_int_tuple,
+    )
+    max_wait_ms: float = _setting(
+        0.0,
+        "extra time a non-full batch waits for more windows; 0 = take what is queued "
+        "(batches still form under load while the model is busy)",
+    )
+    max_queue_windows: int = _setting(
+        4096, "windows allowed to wait for the model; beyond it requests get RESOURCE_EXHAUSTED"
+    )
+    max_windows_per_request: int = _setting(1024, "windows allowed in one ForecastRequest")
+    max_message_bytes: int = _setting(
+        16 * 1024 * 1024, "largest gRPC message accepted (bigger gets RESOURCE_EXHAUSTED)"
+    )
+    max_concurrent_rpcs: int = _setting(
+        0, "cap on concurrent RPCs (0 = no cap beyond the queue limit)"
+    )
+    grace_seconds: float = _setting(
+        30.0, "on SIGTERM/SIGINT, time in-flight RPCs get to finish before the server exits"
+    )
+    jit_compile: bool = _setting(True, "compile the model with XLA (off: plain tf.function)")
+    tls_cert: Path | None = _setting(None, "PEM server certificate; enables TLS with --tls-key")
+    tls_key: Path | None = _setting(None, "PEM private key of the server certificate")
+    tls_client_ca: Path | None = _setting(
+        None, "PEM CA bundle; when set, clients must present a certificate it signed (mTLS)"
+    )
+    auth_token: str | None = _setting(
+        None,
+        "require 'authorization: Bearer <token>' on every RPC except health checks "
+        "(prefer the FORECAST_AUTH_TOKEN env var: flags show up in ps)",
+    )
+    log_level: str = _setting(
+        "INFO", "logging level", choices=("DEBUG", "INFO", "WARNING", "ERROR")
+    )
+
+    def validate(self) -> None:
+        """Raise ValueError with a one-line message on inconsistent settings."""
+        if self.max_batch_size < 1:
+            raise ValueError("--max-batch-size must be >= 1")
+        if max(self.batch_buckets) < self.max_batch_size:
+            raise ValueError("--batch-buckets must include a bucket >= --max-batch-size")
+        if self.max_windows_per_request < 1 or self.max_queue_windows < 1:
+            raise ValueError("--max-windows-per-request and --max-queue-windows must be >= 1")
+        if self.grace_seconds < 0 or self.max_wait_ms < 0:
+            raise ValueError("--grace-seconds and --max-wait-ms must be >= 0")
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("--tls-cert and --tls-key go together")
+        if self.tls_client_ca is not None and self.tls_cert is None:
+            raise ValueError("--tls-client-ca needs --tls-cert and --tls-key")
+        for path in (self.tls_cert, self.tls_key, self.tls_client_ca):
+            if path is not None and not Path(path).is_file():
+                raise ValueError(f"no such file: {path}")
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def env_name(name: str) -> str:
+    return ENV_PREFIX + name.upper()
+
+
+def _parse_bool(text: str) -> bool:
+    lowered = str(text).strip().lower()
+    if lowered in {"1", "true", "yes", "on"}:
+        return True
+    if lowered in {"0", "false", "no", "off"}:
+        return False
+    raise ValueError(f"expected true/false, got {text!r}")
+
+
+def _converter(f):
+    if "parse" in f.metadata:
+        return f.metadata["parse"]
+    kind = str(f.type)
+    if kind.startswith("bool"):
+        return _parse_bool
+    if kind.startswith("int"):
+        return int
+    if kind.startswith("float"):
+        return float
+    if "Path" in kind:
+        return Path
+    return str
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def build_parser(prog: str = "python -m service") -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog=prog,
+        description="Serve forecasts from a trained artifact version over gRPC, with dynamic "
+        "micro-batching on an XLA-compiled model, health checks, reflection, TLS and auth, "
+        "and Prometheus metrics. Every flag has an environment-variable twin (shown in "
+        "brackets); a flag wins over its variable.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    for f in fields(Settings):
+        convert = _converter(f)
+
+        def parse(text, convert=convert):
+            try:
+                return convert(text)
+            except ValueError as exc:
+                raise argparse.ArgumentTypeError(f"{exc}") from None
+
+        parse.__name__ = f.name
+        default = f.default if f.default is not MISSING else None
+        shown = ",".join(map(str, default)) if isinstance(default, tuple) else default
+        kwargs = {"help": f"{f.metadata['help']} [{env_name(f.name)}]", "default": shown}
+        if "choices" in f.metadata:
+            kwargs["choices"] = f.metadata["choices"]
+        parser.add_argument(_flag(f.name), type=parse, **kwargs)
+    return parser
+
+
+def load_settings(argv: list[str] | None = None, env: dict[str, str] | None = None) -> Settings:
+    """Flags over env vars over defaults. Raises SystemExit(2) with one line on bad input."""
+    env = os.environ if env is None else env
+    parser = build_parser()
+    defaults = {}
+    for f in fields(Settings):
+        raw = env.get(env_name(f.name))
+        if raw is None or raw == "":
+            continue
+        try:
+            defaults[f.name] = _converter(f)(raw)
+        except ValueError as exc:
+            parser.error(f"{env_name(f.name)}: {exc}")
+    parser.set_defaults(**defaults)
+    args = parser.parse_args(argv)
+    values = {}
+    for f in fields(Settings):
+        value = getattr(args, f.name)
+        if isinstance(value, str) and f.name != "auth_token" and _converter(f) is not str:
+            value = _converter(f)(value)  # an untouched default shown as text in --help
+        values[f.name] = value
+    settings = Settings(**values)
+    try:
+        settings.validate()
+    except ValueError as exc:
+        parser.error(str(exc))
+    return settings

@@ -1,0 +1,91 @@
+"""The forecaster core: raw windows -> scaled inputs -> compiled model -> forecasts in target units.
+
+No gRPC here. Scaling and the inverse transform come from ``training.transform``, the one
+implementation shared with training. The model runs as a ``tf.function`` (XLA by default) on a
+bounded set of padded batch shapes ("buckets"), each compiled during :meth:`warm_up`.
+"""
+
+from __future__ import annotations
+
+import bisect
+import logging
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import tensorflow as tf
+
+from training.artifacts import Artifacts
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class BatchResult:
+    """One model call: what the client gets, and what monitoring looks at."""
+
+    forecasts: np.ndarray  # [n, horizon] float64, target units
+    raw_output: np.ndarray  # [n, horizon] float32, before the inverse transform
+    inputs: np.ndarray  # [n, window, features] float32, scaled model inputs
+    model_seconds: float
+
+
+class Forecaster:
+    def __init__(self, artifacts: Artifacts, *, buckets: tuple[int, ...], jit_compile: bool = True):
+        self.artifacts = artifacts
+        self.transform = artifacts.transform()
+        self.buckets = tuple(sorted(buckets))
+        model = artifacts.model
+        spec = tf.TensorSpec([None, artifacts.window, len(artifacts.feature_names)], tf.float32)
+
+        @tf.function(input_signature=[spec], jit_compile=jit_compile)
+        def call(x):
+            return model(x, training=False)
+
+        self._call = call
+
+    @property
+    def version(self) -> str:
+        return self.artifacts.version
+
+    @property
+    def window(self) -> int:
+        return self.transform.window
+
+    @property
+    def n_features(self) -> int:
+        return self.transform.n_features
+
+    def warm_up(self) -> float:
+        """Compile every bucket once. Returns the seconds it took."""
+        started = time.perf_counter()
+        for size in self.buckets:
+            self._call(np.zeros((size, self.window, self.n_features), np.float32)).numpy()
+        seconds = time.perf_counter() - started
+        log.info("warmed up %d batch buckets %s in %.1fs", len(self.buckets), self.buckets, seconds)
+        return seconds
+
+    def _bucket(self, n: int) -> int:
+        return self.buckets[min(bisect.bisect_left(self.buckets, n), len(self.buckets) - 1)]
+
+    def predict(self, raw_windows: np.ndarray) -> BatchResult:
+        """``raw_windows`` ``[n, window, features]`` in training units; n may exceed a bucket.
+
+        Rows are independent: a window whose extreme values give a non-finite forecast does not
+        affect its neighbours, and the caller rejects just that window.
+        """
+        started = time.perf_counter()
+        x, anchors = self.transform.encode_windows(raw_windows)
+        outputs = []
+        largest = self.buckets[-1]
+        for lo in range(0, len(x), largest):
+            chunk = x[lo : lo + largest]
+            size = self._bucket(len(chunk))
+            if size != len(chunk):
+                chunk = np.concatenate(
+                    [chunk, np.zeros((size - len(chunk), *chunk.shape[1:]), np.float32)]
+                )
+            outputs.append(self._call(chunk).numpy()[: min(largest, len(x) - lo)])
+        raw = np.concatenate(outputs)
+        forecasts = self.transform.decode(raw, anchors)
+        return BatchResult(forecasts, raw, x, time.perf_counter() - started)

@@ -1,0 +1,163 @@
+"""Assemble and run the gRPC server: servicers, interceptors, health, reflection, TLS, shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from service.api import SERVICE_NAME, pb_grpc
+from service.auth import BearerTokenInterceptor
+from service.batching import BatchObserver, MicroBatcher
+from service.config import Settings
+from service.errors import Recorder, StatusInterceptor
+from service.forecaster import Forecaster
+from service.servicer import ForecastServicer, model_info
+from training.artifacts import Artifacts
+
+log = logging.getLogger(__name__)
+
+HEALTH_SERVICES = ("", SERVICE_NAME)
+
+
+@dataclass
+class RunningServer:
+    server: grpc.aio.Server
+    port: int
+    health: health.aio.HealthServicer
+    batcher: MicroBatcher
+    forecaster: Forecaster
+
+    async def set_serving(self, serving: bool) -> None:
+        status = (
+            health_pb2.HealthCheckResponse.SERVING
+            if serving
+            else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        for name in HEALTH_SERVICES:
+            await self.health.set(name, status)
+
+    async def warm_up(self) -> None:
+        """Compile every batch bucket off the event loop, then report SERVING."""
+        await asyncio.get_running_loop().run_in_executor(None, self.forecaster.warm_up)
+        await self.set_serving(True)
+
+    async def shutdown(self, grace: float) -> None:
+        """NOT_SERVING, stop taking RPCs, let in-flight ones finish within ``grace``, stop."""
+        await self.health.enter_graceful_shutdown()
+        await self.server.stop(grace)
+        await self.batcher.close()
+
+
+def _credentials(settings: Settings) -> grpc.ServerCredentials | None:
+    if settings.tls_cert is None:
+        return None
+    key = Path(settings.tls_key).read_bytes()
+    cert = Path(settings.tls_cert).read_bytes()
+    client_ca = Path(settings.tls_client_ca).read_bytes() if settings.tls_client_ca else None
+    return grpc.ssl_server_credentials(
+        [(key, cert)], root_certificates=client_ca, require_client_auth=client_ca is not None
+    )
+
+
+async def create_server(
+    settings: Settings,
+    artifacts: Artifacts,
+    *,
+    device: str = "CPU",
+    observers: tuple[BatchObserver, ...] = (),
+    record: Recorder | None = None,
+) -> RunningServer:
+    """Build, bind and start the server (health NOT_SERVING until :meth:`warm_up`).
+
+    Bind ``address`` with port 0 to let the OS pick a free port; the chosen port is returned.
+    """
+    forecaster = Forecaster(
+        artifacts, buckets=settings.batch_buckets, jit_compile=settings.jit_compile
+    )
+    batcher = MicroBatcher(
+        forecaster.predict,
+        max_batch_size=settings.max_batch_size,
+        max_queue_windows=settings.max_queue_windows,
+        max_wait_s=settings.max_wait_ms / 1000.0,
+        observers=observers,
+    )
+    interceptors: list[grpc.aio.ServerInterceptor] = [StatusInterceptor(record)]
+    if settings.auth_token:
+        interceptors.append(BearerTokenInterceptor(settings.auth_token))
+    server = grpc.aio.server(
+        interceptors=interceptors,
+        options=[
+            ("grpc.max_receive_message_length", settings.max_message_bytes),
+            ("grpc.max_send_message_length", settings.max_message_bytes),
+            ("grpc.so_reuseport", 0),
+        ],
+        maximum_concurrent_rpcs=settings.max_concurrent_rpcs or None,
+    )
+    info = model_info(
+        forecaster, max_windows_per_request=settings.max_windows_per_request, device=device
+    )
+    pb_grpc.add_ForecastServiceServicer_to_server(
+        ForecastServicer(
+            forecaster,
+            batcher,
+            max_windows_per_request=settings.max_windows_per_request,
+            model_info=info,
+        ),
+        server,
+    )
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+         reflection.SERVICE_NAME),
+        server,
+    )
+    credentials = _credentials(settings)
+    if credentials is None:
+        port = server.add_insecure_port(settings.address)
+    else:
+        port = server.add_secure_port(settings.address, credentials)
+    if port == 0:
+        raise OSError(f"cannot bind gRPC address {settings.address}")
+    running = RunningServer(server, port, health_servicer, batcher, forecaster)
+    await running.set_serving(False)
+    await server.start()
+    batcher.start()
+    log.info(
+        "gRPC listening on %s (port %d, %s%s), model %s",
+        settings.address, port, "TLS" if credentials else "plaintext",
+        ", mTLS" if settings.tls_client_ca else "", artifacts.version,
+    )
+    return running
+
+
+async def serve(
+    settings: Settings,
+    artifacts: Artifacts,
+    *,
+    device: str,
+    observers: tuple[BatchObserver, ...] = (),
+    record: Recorder | None = None,
+) -> int:
+    """Run until SIGTERM/SIGINT, then drain within the grace period. Returns the exit code."""
+    running = await create_server(
+        settings, artifacts, device=device, observers=observers, record=record
+    )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    warm = asyncio.create_task(running.warm_up())
+    await stop.wait()
+    log.info("shutdown requested: NOT_SERVING, draining for up to %.1fs", settings.grace_seconds)
+    warm.cancel()
+    await running.shutdown(settings.grace_seconds)
+    log.info("drained; exiting")
+    return 0

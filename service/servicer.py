@@ -1,0 +1,146 @@
+"""The gRPC servicer: protobuf in, core call, protobuf out. No try/except (see errors.py)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import grpc
+
+from service.api import pb, pb_grpc
+from service.batching import MicroBatcher
+from service.convert import response_from_forecasts, windows_from_request
+from service.errors import InvalidWindow
+from service.forecaster import Forecaster
+
+# Messages of one stream that may be in the model pipeline at once.
+STREAM_IN_FLIGHT = 32
+
+
+class ForecastServicer(pb_grpc.ForecastServiceServicer):
+    def __init__(
+        self,
+        forecaster: Forecaster,
+        batcher: MicroBatcher,
+        *,
+        max_windows_per_request: int,
+        model_info: pb.ModelInfo,
+    ):
+        self._forecaster = forecaster
+        self._batcher = batcher
+        self._max_windows = max_windows_per_request
+        self._info = model_info
+
+    def _windows(self, request: pb.ForecastRequest):
+        return windows_from_request(
+            request,
+            window=self._forecaster.window,
+            n_features=self._forecaster.n_features,
+            max_windows=self._max_windows,
+        )
+
+    @staticmethod
+    def _deadline(context: grpc.aio.ServicerContext) -> float | None:
+        remaining = context.time_remaining()
+        return None if remaining is None else asyncio.get_running_loop().time() + remaining
+
+    async def Forecast(
+        self, request: pb.ForecastRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ForecastResponse:
+        forecasts = await self._batcher.submit(self._windows(request), self._deadline(context))
+        return response_from_forecasts(forecasts, self._forecaster.version)
+
+    async def StreamForecast(
+        self,
+        request_iterator: AsyncIterator[pb.ForecastRequest],
+        context: grpc.aio.ServicerContext,
+    ) -> AsyncIterator[pb.ForecastResponse]:
+        """Messages are validated and submitted as they arrive (up to STREAM_IN_FLIGHT at once)
+        and answered strictly in order. A bad message ends the stream with INVALID_ARGUMENT
+        after the responses to every earlier message."""
+        slots = asyncio.Semaphore(STREAM_IN_FLIGHT)
+        queue: asyncio.Queue = asyncio.Queue()  # futures, an exception, or None at the end
+        deadline = self._deadline(context)
+
+        async def read() -> None:
+            index = 0
+            try:
+                async for request in request_iterator:
+                    try:
+                        windows = self._windows(request)
+                    except InvalidWindow as exc:
+                        queue.put_nowait(InvalidWindow(f"message {index}: {exc}"))
+                        return
+                    await slots.acquire()
+                    queue.put_nowait(asyncio.ensure_future(self._batcher.submit(windows, deadline)))
+                    index += 1
+            finally:
+                queue.put_nowait(None)
+
+        reader = asyncio.create_task(read())
+        try:
+            while (item := await queue.get()) is not None:
+                if isinstance(item, Exception):
+                    raise item
+                forecasts = await item
+                slots.release()
+                yield response_from_forecasts(forecasts, self._forecaster.version)
+            await reader  # surfaces a failure of the request stream itself
+        finally:
+            reader.cancel()
+            while not queue.empty():
+                item = queue.get_nowait()
+                if isinstance(item, asyncio.Future):
+                    item.cancel()
+
+    async def GetModelInfo(
+        self, request: pb.GetModelInfoRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ModelInfo:
+        return self._info
+
+
+def model_info(
+    forecaster: Forecaster, *, max_windows_per_request: int, device: str
+) -> pb.ModelInfo:
+    manifest = forecaster.artifacts.manifest
+    metrics = manifest.get("metrics", {})
+
+    def split(name: str) -> pb.SplitMetrics | None:
+        m = metrics.get(name)
+        if not m:
+            return None
+        return pb.SplitMetrics(
+            mae=m["mae"],
+            rmse=m["rmse"],
+            persistence_mae=m["persistence_mae"],
+            mean_forecast_mae=m["mean_mae"],
+            std_ratio=m["std_ratio"],
+            windows=m["n_windows"],
+        )
+
+    features = manifest.get("reference", {}).get("features", {})
+    return pb.ModelInfo(
+        model_version=forecaster.version,
+        feature_names=forecaster.artifacts.feature_names,
+        target=manifest["target"],
+        window=forecaster.window,
+        horizon=forecaster.transform.horizon,
+        target_mode=forecaster.transform.mode,
+        validation=split("val"),
+        test=split("test"),
+        features=[
+            pb.FeatureReference(
+                name=name,
+                mean=ref["mean"],
+                std=ref["std"],
+                min=ref["min"],
+                max=ref["max"],
+                raw_mean=ref.get("raw_mean", 0.0),
+                raw_std=ref.get("raw_std", 0.0),
+            )
+            for name, ref in features.items()
+        ],
+        max_windows_per_request=max_windows_per_request,
+        created_at=manifest.get("created_at", ""),
+        device=device,
+    )

@@ -1,0 +1,68 @@
+"""Shared pytest fixtures.
+
+The training fixtures below train one tiny model per test session and publish it, so that
+every test needing a real version directory (training, and later the service and monitoring
+tests) reuses it instead of training its own. Other suites may append their own fixtures to
+this file; keep each group under its own heading.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+from pathlib import Path
+
+import pytest
+
+# --------------------------------------------------------------------------------------------
+# Training
+# --------------------------------------------------------------------------------------------
+
+# Small enough to train in a few seconds on a 2-core CPU, large enough that the collapse guard
+# reliably accepts the default (scaled, delta-mode) model on the built-in synthetic series.
+TINY_TRAINING_ARGS = (
+    "--synthetic-steps",
+    "1500",
+    "--window",
+    "24",
+    "--units",
+    "16",
+    "--epochs",
+    "6",
+    "--patience",
+    "3",
+    "--batch-size",
+    "64",
+    "--seed",
+    "42",
+)
+
+
+@pytest.fixture(scope="session")
+def tiny_training_args() -> list[str]:
+    """CLI flags of the tiny training configuration (built-in synthetic series, no --output)."""
+    return list(TINY_TRAINING_ARGS)
+
+
+@pytest.fixture(scope="session")
+def trained_output(tmp_path_factory, tiny_training_args) -> Path:
+    """An artifact base directory holding one version trained with ``tiny_training_args``."""
+    from training.train import main
+
+    output = tmp_path_factory.mktemp("artifacts")
+    stdout, stderr = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+        exit_code = main([*tiny_training_args, "--output", str(output)])
+    if exit_code != 0:
+        pytest.fail(
+            f"tiny training run exited {exit_code}; stderr:\n{stderr.getvalue()}", pytrace=False
+        )
+    return output
+
+
+@pytest.fixture(scope="session")
+def trained_version(trained_output) -> Path:
+    """The published version directory of the session's tiny model (model.keras, manifest...)."""
+    versions = [p for p in trained_output.iterdir() if not p.name.startswith(".")]
+    assert len(versions) == 1, versions
+    return versions[0]
