@@ -60,6 +60,15 @@ class Settings:
         30.0, "on SIGTERM/SIGINT, time in-flight RPCs get to finish before the server exits"
     )
     jit_compile: bool = _setting(True, "compile the model with XLA (off: plain tf.function)")
+    monitoring: bool = _setting(
+        True, "run the collapse and drift detectors (serving metrics are always exported)"
+    )
+    on_collapse: str = _setting(
+        "alert",
+        "alert: only raise forecast_output_collapsed; unready: also turn gRPC health "
+        "NOT_SERVING while collapsed (never the default: a fleet must not all drop at once)",
+        choices=("alert", "unready"),
+    )
     tls_cert: Path | None = _setting(None, "PEM server certificate; enables TLS with --tls-key")
     tls_key: Path | None = _setting(None, "PEM private key of the server certificate")
     tls_client_ca: Path | None = _setting(

@@ -11,13 +11,15 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+from prometheus_client import CollectorRegistry
 
+from monitoring.metrics import PredictionMonitor, ServingMetrics, start_metrics_server
 from service.api import SERVICE_NAME, pb_grpc
 from service.auth import BearerTokenInterceptor
 from service.batching import BatchObserver, MicroBatcher
 from service.config import Settings
 from service.errors import Recorder, StatusInterceptor
-from service.forecaster import Forecaster
+from service.forecaster import BatchResult, Forecaster
 from service.servicer import ForecastServicer, model_info
 from training.artifacts import Artifacts
 
@@ -33,6 +35,9 @@ class RunningServer:
     health: health.aio.HealthServicer
     batcher: MicroBatcher
     forecaster: Forecaster
+    monitor: PredictionMonitor | None = None
+    collapse_unready: bool = False
+    draining: bool = False
 
     async def set_serving(self, serving: bool) -> None:
         status = (
@@ -46,10 +51,22 @@ class RunningServer:
     async def warm_up(self) -> None:
         """Compile every batch bucket off the event loop, then report SERVING."""
         await asyncio.get_running_loop().run_in_executor(None, self.forecaster.warm_up)
-        await self.set_serving(True)
+        await self.set_serving(not self._collapsed())
+
+    def _collapsed(self) -> bool:
+        monitor = self.monitor
+        return self.collapse_unready and monitor is not None and monitor.collapse.collapsed
+
+    async def on_collapse_change(self, collapsed: bool) -> None:
+        """With ``--on-collapse unready``: NOT_SERVING while collapsed, SERVING after."""
+        if self.collapse_unready and not self.draining:
+            log.warning("output %s: health -> %s", "collapsed" if collapsed else "recovered",
+                        "NOT_SERVING" if collapsed else "SERVING")
+            await self.set_serving(not collapsed)
 
     async def shutdown(self, grace: float) -> None:
         """NOT_SERVING, stop taking RPCs, let in-flight ones finish within ``grace``, stop."""
+        self.draining = True
         await self.health.enter_graceful_shutdown()
         await self.server.stop(grace)
         await self.batcher.close()
@@ -73,14 +90,34 @@ async def create_server(
     device: str = "CPU",
     observers: tuple[BatchObserver, ...] = (),
     record: Recorder | None = None,
+    registry: CollectorRegistry | None = None,
 ) -> RunningServer:
     """Build, bind and start the server (health NOT_SERVING until :meth:`warm_up`).
 
     Bind ``address`` with port 0 to let the OS pick a free port; the chosen port is returned.
+    With a ``registry``, serving metrics (and, unless ``settings.monitoring`` is off, the
+    collapse and drift detectors) are registered on it.
     """
     forecaster = Forecaster(
         artifacts, buckets=settings.batch_buckets, jit_compile=settings.jit_compile
     )
+    loop = asyncio.get_running_loop()
+    holder: list[RunningServer] = []
+    metrics = monitor = None
+    if registry is not None:
+        metrics = ServingMetrics(registry, model_labels=_model_labels(artifacts, device))
+        observers = (*observers, lambda result: metrics.record_batch(len(result.forecasts)))
+        record = _chain_recorders(record, metrics)
+        if settings.monitoring:
+            monitor = _prediction_monitor(
+                artifacts,
+                lambda collapsed: loop.call_soon_threadsafe(
+                    lambda: holder and loop.create_task(holder[0].on_collapse_change(collapsed))
+                ),
+            )
+        if monitor is not None:
+            registry.register(monitor)
+            observers = (*observers, _monitor_observer(monitor))
     batcher = MicroBatcher(
         forecaster.predict,
         max_batch_size=settings.max_batch_size,
@@ -88,6 +125,8 @@ async def create_server(
         max_wait_s=settings.max_wait_ms / 1000.0,
         observers=observers,
     )
+    if metrics is not None:
+        metrics.queue_depth.set_function(lambda: batcher.queue_depth)
     interceptors: list[grpc.aio.ServerInterceptor] = [StatusInterceptor(record)]
     if settings.auth_token:
         interceptors.append(BearerTokenInterceptor(settings.auth_token))
@@ -126,7 +165,11 @@ async def create_server(
         port = server.add_secure_port(settings.address, credentials)
     if port == 0:
         raise OSError(f"cannot bind gRPC address {settings.address}")
-    running = RunningServer(server, port, health_servicer, batcher, forecaster)
+    running = RunningServer(
+        server, port, health_servicer, batcher, forecaster, monitor=monitor,
+        collapse_unready=settings.on_collapse == "unready",
+    )
+    holder.append(running)
     await running.set_serving(False)
     await server.start()
     batcher.start()
@@ -147,9 +190,17 @@ async def serve(
     record: Recorder | None = None,
 ) -> int:
     """Run until SIGTERM/SIGINT, then drain within the grace period. Returns the exit code."""
+    registry = CollectorRegistry()
     running = await create_server(
-        settings, artifacts, device=device, observers=observers, record=record
+        settings, artifacts, device=device, observers=observers, record=record, registry=registry
     )
+    metrics_server = None
+    if settings.metrics_port >= 0:
+        metrics_server, metrics_port = start_metrics_server(
+            registry, settings.metrics_address, settings.metrics_port
+        )
+        log.info("Prometheus metrics on http://%s:%d/metrics", settings.metrics_address,
+                 metrics_port)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -159,5 +210,42 @@ async def serve(
     log.info("shutdown requested: NOT_SERVING, draining for up to %.1fs", settings.grace_seconds)
     warm.cancel()
     await running.shutdown(settings.grace_seconds)
+    if metrics_server is not None:
+        metrics_server.shutdown()
     log.info("drained; exiting")
     return 0
+
+
+def _model_labels(artifacts: Artifacts, device: str) -> dict[str, str]:
+    return {
+        "version": artifacts.version,
+        "target": str(artifacts.manifest["target"]),
+        "window": str(artifacts.window),
+        "horizon": str(artifacts.horizon),
+        "target_mode": str(artifacts.manifest["transform"]["mode"]),
+        "device": device,
+    }
+
+
+def _chain_recorders(record: Recorder | None, metrics: ServingMetrics) -> Recorder:
+    def chained(method: str, code: grpc.StatusCode, seconds: float) -> None:
+        metrics.record_rpc(method, code.name, seconds)
+        if record is not None:
+            record(method, code, seconds)
+
+    return chained
+
+
+def _prediction_monitor(artifacts: Artifacts, on_change) -> PredictionMonitor | None:
+    try:
+        return PredictionMonitor(artifacts.manifest, on_collapse_change=on_change)
+    except (KeyError, ValueError) as exc:
+        log.warning("collapse/drift detectors off: %s (retrain to calibrate them)", exc)
+        return None
+
+
+def _monitor_observer(monitor: PredictionMonitor) -> BatchObserver:
+    def observe(result: BatchResult) -> None:
+        monitor.observe(result.inputs[:, -1, :], result.raw_output, result.forecasts)
+
+    return observe

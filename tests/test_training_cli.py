@@ -251,6 +251,23 @@ def test_allow_collapsed_publishes_no_scaling_model(capsys, tmp_path, tiny_train
     assert captured.out.splitlines()[-1].startswith(f"published {version} ")
 
 
+@pytest.mark.slow
+def test_diverged_training_is_never_published(capsys, tmp_path, tiny_training_args):
+    argv = [*tiny_training_args, "--learning-rate", "1e30", "--clipnorm", "1e30",
+            "--allow-collapsed", "--output", str(tmp_path)]
+
+    exit_code = main(argv)
+
+    assert exit_code == 3
+    assert list_versions(tmp_path) == []
+    (rejected,) = list((tmp_path / ".rejected").iterdir())
+    report = json.loads((rejected / "report.json").read_text())  # valid JSON: no bare NaN
+    assert report["metrics"]["val"]["mae"] is None
+    err = capsys.readouterr().err
+    assert "likely cause: training diverged" in err
+    assert "Traceback" not in err
+
+
 # ---- your own data --------------------------------------------------------------------------
 
 

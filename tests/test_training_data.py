@@ -97,8 +97,32 @@ def test_load_csv_rejects_ragged_rows(write_csv):
 def test_load_csv_rejects_non_iso_timestamps(write_csv):
     path = write_csv(["time,load", "yesterday,1", "today,2"])
 
-    with pytest.raises(DataError, match="--time-column time: values are not ISO-8601"):
+    with pytest.raises(DataError, match="--time-column time: data row 1 'yesterday' is not an ISO"):
         load_csv(path, "load", time_column="time")
+
+
+def test_load_csv_rejects_blank_timestamp(write_csv):
+    path = write_csv(["time,load", "2026-01-01T00:00,1", ",99", "2026-01-01T02:00,2"])
+
+    with pytest.raises(DataError, match="--time-column time: data row 2 is empty"):
+        load_csv(path, "load", time_column="time")
+
+
+def test_load_csv_sorts_timezone_aware_timestamps_in_utc(write_csv):
+    path = write_csv(
+        ["time,load", "2026-01-01T02:00+01:00,2", "2026-01-01T00:30Z,1", "2026-01-01T02:00Z,3"]
+    )
+
+    series = load_csv(path, "load", time_column="time")
+
+    assert series.values[:, 0].tolist() == [1.0, 2.0, 3.0]
+
+
+def test_load_csv_rejects_duplicate_features(write_csv):
+    path = write_csv(["load,temp", "1,2", "3,4"])
+
+    with pytest.raises(DataError, match="more than once: temp"):
+        load_csv(path, "load", features=["load", "temp", "temp"])
 
 
 def test_load_csv_rejects_time_column_as_feature(mixed_csv):
@@ -158,8 +182,8 @@ def test_impute_leaves_input_untouched():
 def test_impute_rejects_column_without_training_values():
     values = np.array([[np.nan, 1.0], [np.nan, 2.0], [5.0, 3.0]])
 
-    with pytest.raises(DataError, match="no values in the training split"):
-        impute(values, (0, 2))
+    with pytest.raises(DataError, match="column.s. load have no values in the training split"):
+        impute(values, (0, 2), ("load", "temp"))
 
 
 def test_synthetic_series_has_gaps_and_large_raw_values():

@@ -187,7 +187,20 @@ def test_prepare_step_scale_uses_training_split_only(shifted_series):
     scaled_target = (train[:, 0] - train[:, 0].mean()) / train[:, 0].std()
     ends = np.arange(7, len(train) - 2)
     deltas = scaled_target[ends[:, None] + np.arange(1, 3)] - scaled_target[ends, None]
-    np.testing.assert_allclose(prepared.transform.step_scale, deltas.std(axis=0), rtol=1e-5)
+    rms = np.sqrt(np.mean(deltas**2, axis=0))
+    np.testing.assert_allclose(prepared.transform.step_scale, rms, rtol=1e-5)
+
+
+def test_step_scale_keeps_steady_trend_targets_near_unit_scale():
+    """A counter-like target has a constant step (std 0): targets must still be O(1)."""
+    rows = np.arange(300, dtype=np.float64)
+    values = np.column_stack([rows, np.sin(rows / 5.0)])
+    series = Series(values=values, feature_names=("load", "noise"), target="load")
+
+    prepared = prepare(series, val_fraction=0.15, test_fraction=0.15, window=12, horizon=3)
+
+    _, y, _ = prepared.pairs["train"]
+    np.testing.assert_allclose(np.sqrt(np.mean(y**2, axis=0)), 1.0, rtol=1e-6)
 
 
 def test_prepare_windows_stay_inside_each_split(shifted_series):

@@ -49,7 +49,7 @@ class GradientNorms(keras.callbacks.Callback):
 class EpochProgress(keras.callbacks.Callback):
     """One line per epoch: loss, validation loss, learning rate, time, and a best marker."""
 
-    def __init__(self, epochs: int, stream: TextIO = sys.stderr):
+    def __init__(self, epochs: int, stream: TextIO | None = None):
         super().__init__()
         self._epochs = epochs
         self._stream = stream
@@ -70,6 +70,6 @@ class EpochProgress(keras.callbacks.Callback):
         print(
             f"epoch {epoch + 1:>3}/{self._epochs}  loss {logs.get('loss', float('nan')):.4f}  "
             f"val_loss {val:.4f}  lr {lr:.1e}  {time.perf_counter() - self._start:.1f}s{marker}",
-            file=self._stream,
+            file=self._stream or sys.stderr,
             flush=True,
         )

@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import math
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -143,6 +144,9 @@ def load_csv(
         raise DataError(f"--data: {path} has duplicate column names")
     wanted = [time_column] if time_column else []
     names = list(features) if features else [h for h in header if h != time_column]
+    duplicated = sorted({n for n in names if names.count(n) > 1})
+    if duplicated:
+        raise DataError(f"--features lists column(s) more than once: {', '.join(duplicated)}")
     if target not in names:
         names.insert(0, target)
     missing = [n for n in [*wanted, *names] if n not in header]
@@ -187,15 +191,25 @@ def load_csv(
     timestamps = None
     if time_column:
         stamps = columns[time_column]
-        try:
-            order = np.argsort(np.array(stamps, dtype="datetime64[s]"), kind="stable")
-        except ValueError:
-            raise DataError(
-                f"--time-column {time_column}: values are not ISO-8601 timestamps"
-            ) from None
+        order = np.argsort(_epoch_seconds(stamps, time_column), kind="stable")
         values = values[order]
         timestamps = tuple(stamps[i] for i in order)
     return Series(values=values, feature_names=tuple(names), target=target, timestamps=timestamps)
+
+
+def _epoch_seconds(stamps: list[str], column: str) -> np.ndarray:
+    """ISO-8601 timestamps -> seconds since the epoch; naive times are taken as UTC."""
+    out = np.empty(len(stamps))
+    for i, stamp in enumerate(stamps):
+        try:
+            moment = datetime.fromisoformat(stamp)
+        except ValueError:
+            what = "is empty" if not stamp else f"{stamp!r} is not an ISO-8601 timestamp"
+            raise DataError(f"--time-column {column}: data row {i + 1} {what}") from None
+        if moment.tzinfo is None:
+            moment = moment.replace(tzinfo=UTC)
+        out[i] = moment.timestamp()
+    return out
 
 
 def _parse_numeric(cells: list[str]) -> np.ndarray | None:
@@ -239,7 +253,9 @@ def chronological_split(
     return split
 
 
-def impute(values: np.ndarray, train_rows: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, int]:
+def impute(
+    values: np.ndarray, train_rows: tuple[int, int], feature_names: tuple[str, ...] | None = None
+) -> tuple[np.ndarray, np.ndarray, int]:
     """Fill missing values causally, using training-split statistics only.
 
     Method: carry the last observed value forward (it only ever looks at earlier rows, so it
@@ -249,9 +265,12 @@ def impute(values: np.ndarray, train_rows: tuple[int, int]) -> tuple[np.ndarray,
     """
     lo, hi = train_rows
     train = values[lo:hi]
-    all_missing = [i for i in range(values.shape[1]) if np.isnan(train[:, i]).all()]
+    names = feature_names or tuple(str(i) for i in range(values.shape[1]))
+    all_missing = [names[i] for i in range(values.shape[1]) if np.isnan(train[:, i]).all()]
     if all_missing:
-        raise DataError(f"column(s) {all_missing} have no values in the training split")
+        raise DataError(
+            f"column(s) {', '.join(all_missing)} have no values in the training split"
+        )
     means = np.nanmean(train, axis=0)
     filled = values.copy()
     n_missing = int(np.isnan(filled).sum())

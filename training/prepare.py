@@ -37,7 +37,7 @@ def prepare(
         test_fraction=test_fraction,
         min_rows=window + horizon + 1,
     )
-    filled, means, n_imputed = impute(series.values, split.train)
+    filled, means, n_imputed = impute(series.values, split.train, series.feature_names)
     rows = {
         name: filled[lo:hi]
         for name, (lo, hi) in (("train", split.train), ("val", split.val), ("test", split.test))

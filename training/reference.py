@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import numpy as np
 
-DECILES = np.arange(10, 100, 10)
+from monitoring.calibration import reference_bins
 
 
 def input_reference(
     scaled_train: np.ndarray, raw_train: np.ndarray, feature_names: tuple[str, ...]
 ) -> dict[str, dict]:
     """Per feature: mean, std, min, max and the 9 decile edges in scaled (model-input) units,
-    plus the raw-unit mean and std the scaler was fit with."""
+    the PSI bins derived from the deciles, and the raw-unit mean and std."""
     out = {}
     for i, name in enumerate(feature_names):
         col = scaled_train[:, i].astype(np.float64)
@@ -21,7 +21,7 @@ def input_reference(
             "std": float(col.std()),
             "min": float(col.min()),
             "max": float(col.max()),
-            "deciles": [float(v) for v in np.percentile(col, DECILES)],
+            **reference_bins(col),
             "raw_mean": float(raw.mean()),
             "raw_std": float(raw.std()),
         }

@@ -16,6 +16,7 @@ import numpy as np
 import sklearn
 import tensorflow as tf
 
+from monitoring.calibration import calibrate
 from training import guard
 from training.artifacts import MODEL_FILE, SCALER_FILE, new_version_name, publish
 from training.callbacks import EpochProgress, GradientNorms
@@ -115,6 +116,15 @@ def fit_and_publish(prepared: Prepared, args: argparse.Namespace, argv_for_recor
     duration = time.perf_counter() - started
     val_raw_pred = evaluations["val"]["raw_pred"]
     scaled_train = transform.scale(prepared.splits["train"])
+    reference = input_reference(scaled_train, prepared.splits["train"], series.feature_names)
+    calibration_started = time.perf_counter()
+    monitoring = calibrate(
+        val_raw_pred, x_val[:, -1, :].astype(np.float64),
+        feature_names=list(series.feature_names), reference=reference,
+    )
+    log.info("calibrated the collapse/drift detectors on validation replay in %.1fs "
+             "(collapse threshold %.3g)", time.perf_counter() - calibration_started,
+             monitoring["collapse"]["threshold"])
     manifest = {
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "feature_names": list(series.feature_names),
@@ -128,14 +138,13 @@ def fit_and_publish(prepared: Prepared, args: argparse.Namespace, argv_for_recor
             "train_means": [float(v) for v in prepared.train_means],
         },
         "reference": {
-            "features": input_reference(
-                scaled_train, prepared.splits["train"], series.feature_names
-            ),
+            "features": reference,
             "validation_prediction_std": [float(v) for v in val_raw_pred.std(axis=0)],
             "validation_prediction_std_target_units": [
                 float(v) for v in evaluations["val"]["forecast"].std(axis=0)
             ],
         },
+        "monitoring": monitoring,
         "metrics": {name: m.to_dict() for name, m in metrics.items()},
         "guard": {
             "collapsed": verdict.collapsed,
@@ -188,9 +197,15 @@ def fit_and_publish(prepared: Prepared, args: argparse.Namespace, argv_for_recor
             history=history,
             grad_norms=grads.history,
         )
-        (directory / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+        (directory / "report.json").write_text(
+            json.dumps(_finite(report), indent=2, allow_nan=False) + "\n"
+        )
 
-    if verdict.collapsed and not args.allow_collapsed:
+    diverged = not all(np.isfinite(v) for m in metrics.values() for v in m.to_dict().values())
+    if diverged:
+        verdict.causes.insert(0, "training diverged: non-finite loss or predictions (lower "
+                              "--learning-rate or --clipnorm)")
+    if diverged or (verdict.collapsed and not args.allow_collapsed):
         rejected = args.output / ".rejected" / version
         rejected.mkdir(parents=True, exist_ok=True)
         write_reports(rejected)
@@ -202,7 +217,8 @@ def fit_and_publish(prepared: Prepared, args: argparse.Namespace, argv_for_recor
             print(f"  why: {reason}", file=sys.stderr)
         for cause in verdict.causes:
             print(f"  likely cause: {cause}", file=sys.stderr)
-        print(f"  report: {rejected}/report.png (override with --allow-collapsed)", file=sys.stderr)
+        override = "" if diverged else " (override with --allow-collapsed)"
+        print(f"  report: {rejected}/report.png{override}", file=sys.stderr)
         return EXIT_COLLAPSED
 
     def write_version(directory: Path) -> dict:
@@ -224,6 +240,17 @@ def fit_and_publish(prepared: Prepared, args: argparse.Namespace, argv_for_recor
         f"{test.persistence_mae:.4g} ({test.mae_vs_persistence:.2f}x)"
     )
     return EXIT_OK
+
+
+def _finite(value):
+    """JSON has no NaN/Infinity: report non-finite numbers as null."""
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    if isinstance(value, float) and not np.isfinite(value):
+        return None
+    return value
 
 
 def _evaluate_split(model, prepared: Prepared, name: str) -> dict:

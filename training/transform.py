@@ -73,7 +73,8 @@ class WindowTransform:
         horizon: int,
         mode: str = "delta",
     ) -> WindowTransform:
-        """Derive the per-step scale of the model target from the training split only."""
+        """Derive the per-step scale of the model target (the RMS of the scaled change at each
+        horizon step) from the training split only."""
         if mode not in TARGET_MODES:
             raise ValueError(f"unknown target mode {mode!r}")
         step_scale = np.ones(horizon)
@@ -81,7 +82,8 @@ class WindowTransform:
             scaled = scaler.transform(train_values)[:, target_index]
             ends = window_ends(len(scaled), window, horizon)
             deltas = future_targets(scaled, horizon, ends) - scaled[ends, None]
-            step_scale = np.maximum(deltas.std(axis=0), 1e-6)
+            # RMS, not std: a steady trend moves by a near-constant step whose std is ~0.
+            step_scale = np.maximum(np.sqrt(np.mean(deltas**2, axis=0)), 1e-6)
         return cls(scaler, target_index, window, horizon, mode, step_scale)
 
     def to_manifest(self) -> dict:

@@ -1,0 +1,160 @@
+"""Streaming detectors: constant-output collapse and input-scale drift.
+
+Both look at one row per forecast window: the model's raw output (before the inverse transform,
+so a persistence-relative model that stopped listening cannot hide behind the last observed
+value) and the newest timestep of the scaled input window.
+
+Collapse. ``variance_ratio`` is the recent (exponentially weighted) variance of the raw output
+over its calibrated healthy level. Forecasting traffic is autocorrelated and a calm stretch of
+the series legitimately lowers it, so the decision uses ``responsiveness``: the variance ratio
+divided by how active the inputs were over the same span (floored, so a stale feed that sends
+the same window again and again still reads as collapsed). A model whose inputs move but whose
+output does not has responsiveness near 0; a calm but healthy stretch stays near 1. Thresholds
+come from replaying the validation split at training time (see :mod:`monitoring.calibration`).
+
+Drift. Per feature, in training-std units: the recent mean (z-score), the std ratio, the share
+of values outside the training range, and PSI over the training deciles. A feature is drifted
+when any of them leaves the band calibrated on validation replay (PSI only once its effective
+sample reaches ``psi_min_samples``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from monitoring.ewstats import EWHistogram, EWStats, psi
+
+
+@dataclass(frozen=True)
+class DetectorSettings:
+    """Window counts are in forecast windows (one row each)."""
+
+    collapse_halflife: float = 8.0
+    collapse_min_windows: int = 32
+    activity_floor: float = 0.05
+    drift_halflife: float = 32.0
+    drift_min_windows: int = 64
+    psi_halflife: float = 256.0
+    psi_min_samples: float = 500.0
+    # Margins applied around what healthy validation replay showed.
+    collapse_margin: float = 0.3  # threshold = margin x lowest healthy responsiveness
+    collapse_threshold_cap: float = 0.1
+    mean_margin: float = 1.0  # training stds beyond the healthy range of the mean z-score
+    std_factor: float = 2.0  # std ratio beyond [lo / f, hi * f]
+    psi_floor: float = 0.25
+    psi_factor: float = 2.0
+    out_of_range_floor: float = 0.5
+
+
+class CollapseDetector:
+    """Input-adjusted variability of the raw model output, with hysteresis."""
+
+    def __init__(self, *, horizon: int, n_features: int, calibration: dict,
+                 settings: DetectorSettings):
+        self.settings = settings
+        self.pred = EWStats(horizon, settings.collapse_halflife)
+        self.inputs = EWStats(n_features, settings.collapse_halflife)
+        self.ref_pred_var = float(calibration["pred_var"])
+        self.ref_input_var = float(calibration["input_var"])
+        self.threshold_on = float(calibration["threshold"])
+        self.threshold_off = 2.0 * self.threshold_on
+        self.collapsed = False
+        self.events = 0
+
+    def update(self, raw_output: np.ndarray, last_rows: np.ndarray) -> None:
+        self.pred.update(raw_output)
+        self.inputs.update(last_rows)
+        if self.pred.count < self.settings.collapse_min_windows:
+            return
+        r = self.responsiveness
+        if not self.collapsed and r < self.threshold_on:
+            self.collapsed = True
+            self.events += 1
+        elif self.collapsed and r > self.threshold_off:
+            self.collapsed = False
+
+    @property
+    def variance_ratio(self) -> float:
+        if self.pred.count == 0:
+            return float("nan")
+        return float(self.pred.var.mean() / max(self.ref_pred_var, 1e-12))
+
+    @property
+    def activity_ratio(self) -> float:
+        if self.inputs.count == 0:
+            return float("nan")
+        return float(self.inputs.var.sum() / max(self.ref_input_var, 1e-12))
+
+    @property
+    def responsiveness(self) -> float:
+        return self.variance_ratio / max(self.activity_ratio, self.settings.activity_floor)
+
+
+class DriftDetector:
+    """Per-feature input-scale drift against training statistics (scaled units)."""
+
+    def __init__(self, *, feature_names: list[str], reference: dict, calibration: dict,
+                 settings: DetectorSettings):
+        self.settings = settings
+        self.names = list(feature_names)
+        refs = [reference[name] for name in self.names]
+        self.ref_mean = np.array([r["mean"] for r in refs])
+        self.ref_std = np.maximum(np.array([r["std"] for r in refs]), 1e-12)
+        self.ref_min = np.array([r["min"] for r in refs])
+        self.ref_max = np.array([r["max"] for r in refs])
+        self.expected = [np.asarray(r["bin_fractions"]) for r in refs]
+        self.stats = EWStats(len(self.names), settings.drift_halflife)
+        self.outside = EWStats(len(self.names), settings.drift_halflife)
+        self.hist = EWHistogram([r["bin_edges"] for r in refs], settings.psi_halflife)
+        cal = [calibration[name] for name in self.names]
+        m = settings
+        self.mean_lo = np.array([c["mean_z"][0] for c in cal]) - m.mean_margin
+        self.mean_hi = np.array([c["mean_z"][1] for c in cal]) + m.mean_margin
+        self.std_lo = np.array([c["std_ratio"][0] for c in cal]) / m.std_factor
+        self.std_hi = np.array([c["std_ratio"][1] for c in cal]) * m.std_factor
+        self.psi_limit = np.array([max(m.psi_floor, m.psi_factor * c["psi"]) for c in cal])
+        self.oor_limit = np.array(
+            [max(m.out_of_range_floor, 2.0 * c["out_of_range"]) for c in cal]
+        )
+
+    def update(self, last_rows: np.ndarray) -> None:
+        self.stats.update(last_rows)
+        outside = (last_rows < self.ref_min) | (last_rows > self.ref_max)
+        self.outside.update(outside.astype(np.float64))
+        self.hist.update(last_rows)
+
+    @property
+    def mean_zscore(self) -> np.ndarray:
+        return (self.stats.mean - self.ref_mean) / self.ref_std
+
+    @property
+    def std_ratio(self) -> np.ndarray:
+        return np.sqrt(self.stats.var) / self.ref_std
+
+    @property
+    def out_of_range_ratio(self) -> np.ndarray:
+        return self.outside.mean.copy()
+
+    @property
+    def psi_ready(self) -> bool:
+        return self.hist.effective_samples >= self.settings.psi_min_samples
+
+    @property
+    def psi(self) -> np.ndarray:
+        if not self.psi_ready:
+            return np.full(len(self.names), np.nan)
+        return np.array([psi(a, e) for a, e in zip(self.hist.fractions, self.expected,
+                                                    strict=True)])
+
+    @property
+    def drifted(self) -> np.ndarray:
+        if self.stats.count < self.settings.drift_min_windows:
+            return np.zeros(len(self.names), dtype=bool)
+        z, s = self.mean_zscore, self.std_ratio
+        flags = (z < self.mean_lo) | (z > self.mean_hi) | (s < self.std_lo) | (s > self.std_hi)
+        flags |= self.out_of_range_ratio > self.oor_limit
+        if self.psi_ready:
+            flags |= self.psi > self.psi_limit
+        return flags
