@@ -13,15 +13,22 @@ from dataclasses import asdict, replace
 import numpy as np
 
 from monitoring.detectors import CollapseDetector, DetectorSettings, DriftDetector
+from monitoring.ewstats import float32_tolerance
 
 DECILES = np.arange(10, 100, 10)
 
 
 def reference_bins(column: np.ndarray) -> dict:
-    """Decile edges of a training column, the distinct edges used as PSI bins, and the training
-    share of each bin (not assumed to be 10%: repeated values make unequal bins)."""
+    """Decile edges of a training column, the PSI bin edges, and the training share of each bin
+    (not assumed to be 10%: repeated values make unequal bins).
+
+    For discrete features the deciles fall exactly on data values; a float32-rounded copy of such
+    a value would land in the neighbouring bin. The PSI edges therefore sit a float32 tolerance
+    above the distinct deciles, so a value and its rounded copy share a bin.
+    """
     deciles = np.percentile(column, DECILES)
-    edges = np.unique(deciles)
+    distinct = np.unique(deciles)
+    edges = distinct + float32_tolerance(distinct)
     bins = np.searchsorted(edges, column, side="right")
     fractions = np.bincount(bins, minlength=len(edges) + 1) / len(column)
     return {

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from monitoring.ewstats import EWHistogram, EWStats, psi
+from monitoring.ewstats import EWHistogram, EWStats, float32_tolerance, psi
 
 
 @dataclass(frozen=True)
@@ -102,8 +102,10 @@ class DriftDetector:
         refs = [reference[name] for name in self.names]
         self.ref_mean = np.array([r["mean"] for r in refs])
         self.ref_std = np.maximum(np.array([r["std"] for r in refs]), 1e-12)
-        self.ref_min = np.array([r["min"] for r in refs])
-        self.ref_max = np.array([r["max"] for r in refs])
+        ref_min = np.array([r["min"] for r in refs])
+        ref_max = np.array([r["max"] for r in refs])
+        self.ref_min = ref_min - float32_tolerance(ref_min)
+        self.ref_max = ref_max + float32_tolerance(ref_max)
         self.expected = [np.asarray(r["bin_fractions"]) for r in refs]
         self.stats = EWStats(len(self.names), settings.drift_halflife)
         self.outside = EWStats(len(self.names), settings.drift_halflife)

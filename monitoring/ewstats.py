@@ -12,6 +12,11 @@ from __future__ import annotations
 import numpy as np
 
 
+def float32_tolerance(values: np.ndarray) -> np.ndarray:
+    """Slack for values that arrive as float32 over gRPC but were float64 in training."""
+    return 1e-5 * (1.0 + np.abs(values))
+
+
 def alpha_for_halflife(halflife: float) -> float:
     return 1.0 - 0.5 ** (1.0 / halflife)
 

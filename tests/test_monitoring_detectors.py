@@ -1,0 +1,155 @@
+"""Detector targets, measured on the session's trained model and its held-out series.
+
+Traffic goes through the real model and the float32 wire format (training.replay). The same
+measurements on the default model are reported by ``python -m benchmarks.detectors``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from monitoring.metrics import PredictionMonitor
+from monitoring.replay import Traffic, orders, replay, windows_until_flagged
+from training.artifacts import load_artifacts
+from training.data import synthetic_series
+from training.faults import zero_head
+from training.replay import held_out_windows, traffic_for
+
+
+@pytest.fixture(scope="module")
+def artifacts(trained_version):
+    return load_artifacts(trained_version)
+
+
+@pytest.fixture(scope="module")
+def raw_windows(artifacts, tiny_training_args):
+    steps = int(tiny_training_args[tiny_training_args.index("--synthetic-steps") + 1])
+    return held_out_windows(
+        synthetic_series(steps), window=artifacts.window, horizon=artifacts.horizon,
+        val_fraction=0.15, test_fraction=0.15,
+    )
+
+
+@pytest.fixture(scope="module")
+def healthy(artifacts, raw_windows) -> Traffic:
+    return traffic_for(artifacts, raw_windows)
+
+
+@pytest.mark.parametrize("order", ["sequential", "shuffled"])
+def test_no_false_alarm_on_100k_windows_of_healthy_replay(artifacts, healthy, order):
+    stream = orders(len(healthy), 100_000, seed=3)[order]
+
+    result = replay(artifacts.manifest, healthy, stream)
+
+    assert result.windows == 100_000
+    assert result.collapse_alarms == 0, result
+    assert result.drift_alarms == 0, result
+    threshold = artifacts.manifest["monitoring"]["collapse"]["threshold"]
+    assert result.min_responsiveness > threshold
+
+
+def test_full_collapse_is_flagged_within_64_windows(artifacts, healthy):
+    """Output no longer depends on the input: constant raw output, inputs still moving."""
+    constant = Traffic(
+        healthy.last_rows,
+        np.full_like(healthy.raw_output, healthy.raw_output.mean()),
+        healthy.forecasts,
+    )
+
+    needed = windows_until_flagged(artifacts.manifest, healthy, constant, kind="collapse")
+
+    assert needed is not None and needed <= 64, needed
+
+
+def test_zeroed_head_model_is_flagged_within_64_windows(artifacts, healthy, raw_windows, tmp_path):
+    broken = load_artifacts(zero_head(artifacts.path, tmp_path))
+    collapsed_traffic = traffic_for(broken, raw_windows)
+    assert np.ptp(collapsed_traffic.raw_output) == pytest.approx(0.0, abs=1e-6)
+
+    needed = windows_until_flagged(
+        artifacts.manifest, healthy, collapsed_traffic, kind="collapse"
+    )
+
+    assert needed is not None and needed <= 64, needed
+
+
+def test_stale_feed_reads_as_collapsed(artifacts, healthy):
+    monitor = PredictionMonitor(artifacts.manifest)
+    monitor.observe(*healthy.take(np.arange(500) % len(healthy)))
+    same = np.full(128, 7)
+
+    monitor.observe(*healthy.take(same))
+
+    assert monitor.collapse.collapsed
+
+
+def test_calm_stretch_is_not_collapse(artifacts, healthy, raw_windows):
+    """Inputs that move less (here: every feature pulled 70% towards its training mean) make
+    the predictions move less too; that is not a collapse."""
+    mean = artifacts.scaler.mean_
+
+    def calm(windows):
+        return mean + 0.3 * (windows - mean)
+
+    calm_traffic = traffic_for(artifacts, raw_windows, calm)
+    stream = orders(len(calm_traffic), 20_000)["sequential"]
+    result = replay(artifacts.manifest, calm_traffic, stream)
+
+    assert result.collapse_alarms == 0, result
+
+
+def _offset(feature: int, sign: float, scale: np.ndarray):
+    def shift(windows):
+        windows[..., feature] += sign * 3.0 * scale[feature]
+        return windows
+
+    return shift
+
+
+def _drift_cases(artifacts):
+    scaler = artifacts.scaler
+    cases = {
+        "x10": lambda w: w * 10.0,
+        "div10": lambda w: w / 10.0,
+        "standardized_sent_as_raw": lambda w: (w - scaler.mean_) / scaler.scale_,
+    }
+    for i, name in enumerate(artifacts.feature_names):
+        for sign in (+1.0, -1.0):
+            cases[f"offset_{'+' if sign > 0 else '-'}3std_{name}"] = _offset(
+                i, sign, scaler.scale_
+            )
+    return cases
+
+
+def test_input_scale_drift_is_flagged_within_256_windows(artifacts, healthy, raw_windows):
+    needed = {}
+    for name, distort in _drift_cases(artifacts).items():
+        faulty = traffic_for(artifacts, raw_windows, distort)
+        needed[name] = windows_until_flagged(artifacts.manifest, healthy, faulty, kind="drift")
+
+    late = {name: n for name, n in needed.items() if n is None or n > 256}
+    assert not late, needed
+
+
+def test_psi_waits_for_an_effective_sample_of_500_windows(artifacts, healthy):
+    monitor = PredictionMonitor(artifacts.manifest)
+    monitor.observe(*healthy.take(np.arange(200) % len(healthy)))
+    assert np.isnan(monitor.drift.psi).all()
+
+    monitor.observe(*healthy.take(np.arange(200, 2000) % len(healthy)))
+
+    assert monitor.drift.hist.effective_samples >= 500
+    assert np.isfinite(monitor.drift.psi).all()
+    assert artifacts.manifest["monitoring"]["settings"]["psi_min_samples"] >= 500
+
+
+def test_calibration_is_stored_in_the_manifest(artifacts):
+    section = artifacts.manifest["monitoring"]
+    collapse = section["collapse"]
+    assert 0 < collapse["threshold"] <= 0.1
+    assert min(collapse["healthy_min_responsiveness"].values()) > collapse["threshold"]
+    assert set(section["drift"]) == set(artifacts.feature_names)
+    for band in section["drift"].values():
+        assert band["mean_z"][0] <= band["mean_z"][1]
+        assert band["std_ratio"][0] <= band["std_ratio"][1]

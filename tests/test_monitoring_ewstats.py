@@ -1,0 +1,96 @@
+"""Numerics of the streaming statistics behind the detectors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from monitoring.calibration import reference_bins
+from monitoring.ewstats import EWHistogram, EWStats, psi
+
+
+def test_ewstats_batch_update_equals_one_at_a_time():
+    x = np.random.default_rng(0).normal(3.0, 2.0, (300, 3))
+    batched, single = EWStats(3, halflife=8), EWStats(3, halflife=8)
+
+    for lo in range(0, 300, 37):
+        batched.update(x[lo : lo + 37])
+    for row in x:
+        single.update(row[None])
+
+    np.testing.assert_allclose(batched.mean, single.mean, rtol=1e-12)
+    np.testing.assert_allclose(batched.var, single.var, rtol=1e-10)
+    assert batched.count == single.count == 300
+
+
+def test_ewstats_with_infinite_halflife_is_the_plain_mean_and_variance():
+    x = np.random.default_rng(1).normal(-5.0, 0.5, (2000, 2))
+    stats = EWStats(2, halflife=1e12)
+
+    for lo in range(0, 2000, 64):
+        stats.update(x[lo : lo + 64])
+
+    np.testing.assert_allclose(stats.mean, x.mean(axis=0), rtol=1e-9)
+    np.testing.assert_allclose(stats.var, x.var(axis=0), rtol=1e-6)
+
+
+def test_ewstats_variance_stays_exact_near_collapse():
+    """A huge level with a tiny spread: E[x^2]-E[x]^2 would lose every digit here."""
+    rng = np.random.default_rng(2)
+    x = 1e8 + 1e-3 * rng.normal(size=(5000, 1))
+    stats = EWStats(1, halflife=1e12)
+
+    for lo in range(0, 5000, 50):
+        stats.update(x[lo : lo + 50])
+
+    naive = np.mean(x**2) - np.mean(x) ** 2
+    assert stats.var[0] == pytest.approx(x.var(), rel=1e-3)
+    assert abs(naive - x.var()) > 10 * x.var()  # the naive formula really fails on this input
+
+
+def test_ewstats_constant_stream_has_zero_variance():
+    stats = EWStats(2, halflife=8)
+    stats.update(np.full((100, 2), 0.123456789))
+    assert np.all(stats.var <= 1e-30)  # rounding of the mean only
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.integers(min_value=1, max_value=64), st.floats(min_value=1.0, max_value=1000.0))
+def test_ewstats_forgets_with_the_configured_halflife(n_new, halflife):
+    stats = EWStats(1, halflife=halflife)
+    stats.update(np.zeros((int(40 * halflife) + 10, 1)))  # old weight is 1 - 2**-40
+    stats.update(np.ones((n_new, 1)))
+    expected_weight_on_new = 1 - 0.5 ** (n_new / halflife)
+    assert stats.mean[0] == pytest.approx(expected_weight_on_new, rel=1e-6, abs=1e-9)
+
+
+def test_histogram_effective_sample_reaches_500_windows():
+    hist = EWHistogram([[0.0]], halflife=256)
+    hist.update(np.zeros((300, 1)))
+    assert hist.effective_samples < 500
+    hist.update(np.zeros((3000, 1)))
+    assert 500 <= hist.effective_samples < 800
+
+
+def test_psi_is_zero_for_identical_and_grows_with_shift():
+    expected = np.full(10, 0.1)
+    assert psi(expected, expected) == pytest.approx(0.0, abs=1e-12)
+    small = psi(np.array([0.08, 0.12] * 5), expected)
+    large = psi(np.array([0.0] * 5 + [0.2] * 5), expected)
+    assert 0 < small < 0.1 < large
+
+
+def test_reference_bins_put_float32_copies_of_discrete_values_in_the_same_bin():
+    hours = np.sin(2 * np.pi * np.arange(24 * 50) / 24)
+    scaled = (hours - hours.mean()) / hours.std()
+    bins = reference_bins(scaled)
+    edges = np.asarray(bins["bin_edges"])
+
+    exact = np.searchsorted(edges, scaled, side="right")
+    rounded = np.searchsorted(edges, scaled.astype(np.float32).astype(np.float64), side="right")
+
+    assert np.array_equal(exact, rounded)
+    assert len(bins["deciles"]) == 9
+    assert sum(bins["bin_fractions"]) == pytest.approx(1.0)

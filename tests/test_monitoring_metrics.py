@@ -1,0 +1,135 @@
+"""Metric names, labels and values on a fresh registry per test (no global state)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from prometheus_client import CollectorRegistry, generate_latest
+
+from monitoring.metrics import KNOWN_CODES, PredictionMonitor, ServingMetrics
+from training.artifacts import load_artifacts
+
+LABELS = {"version": "v1", "target": "load", "window": "24", "horizon": "1",
+          "target_mode": "delta", "device": "CPU"}
+
+
+@pytest.fixture(scope="module")
+def manifest(trained_version):
+    return load_artifacts(trained_version).manifest
+
+
+def test_serving_metrics_count_rpcs_by_method_and_code():
+    registry = CollectorRegistry()
+    metrics = ServingMetrics(registry, model_labels=LABELS, queue_depth=lambda: 7)
+
+    metrics.record_rpc("Forecast", "OK", 0.002)
+    metrics.record_rpc("Forecast", "OK", 0.004)
+    metrics.record_rpc("Forecast", "INVALID_ARGUMENT", 0.001)
+    metrics.record_batch(12)
+
+    get = registry.get_sample_value
+    assert get("forecast_requests_total", {"method": "Forecast", "code": "OK"}) == 2
+    assert get("forecast_requests_total", {"method": "Forecast", "code": "INVALID_ARGUMENT"}) == 1
+    assert get("forecast_requests_total", {"method": "StreamForecast", "code": "OK"}) == 0
+    assert get("forecast_request_duration_seconds_count", {"method": "Forecast"}) == 3
+    assert get("forecast_batch_size_count") == 1
+    assert get("forecast_batch_size_sum") == 12
+    assert get("forecast_windows_total") == 12
+    assert get("forecast_queue_depth") == 7
+    assert get("forecast_model_info", LABELS) == 1
+
+
+def test_serving_metrics_create_known_label_sets_upfront():
+    registry = CollectorRegistry()
+    ServingMetrics(registry, model_labels=LABELS)
+    for code in KNOWN_CODES:
+        assert registry.get_sample_value(
+            "forecast_requests_total", {"method": "Forecast", "code": code}
+        ) == 0
+
+
+def test_two_registries_do_not_share_state():
+    first, second = CollectorRegistry(), CollectorRegistry()
+    ServingMetrics(first, model_labels=LABELS).record_batch(5)
+    ServingMetrics(second, model_labels=LABELS)
+    assert first.get_sample_value("forecast_windows_total") == 5
+    assert second.get_sample_value("forecast_windows_total") == 0
+
+
+def test_prediction_monitor_exports_every_contract_metric(manifest):
+    registry = CollectorRegistry()
+    monitor = PredictionMonitor(manifest)
+    registry.register(monitor)
+    names = manifest["feature_names"]
+
+    text = generate_latest(registry).decode()
+
+    for metric in ("forecast_prediction_variance_ratio", "forecast_output_collapsed",
+                   "forecast_collapse_events_total", "forecast_prediction_target_mean",
+                   "forecast_prediction_standardized_count_total",
+                   "forecast_prediction_standardized_sum_total",
+                   "forecast_prediction_standardized_squares_total"):
+        assert f"\n{metric} " in text, metric
+    for metric in ("forecast_input_mean_zscore", "forecast_input_std_ratio",
+                   "forecast_input_psi", "forecast_input_out_of_range_ratio",
+                   "forecast_input_drifted", "forecast_input_standardized_count_total"):
+        for feature in names:
+            assert f'{metric}{{feature="{feature}"}}' in text, (metric, feature)
+
+
+def test_sufficient_statistics_are_standardized_sums(manifest):
+    registry = CollectorRegistry()
+    monitor = PredictionMonitor(manifest)
+    registry.register(monitor)
+    rng = np.random.default_rng(0)
+    n, f = 40, len(manifest["feature_names"])
+    raw = rng.normal(size=(n, int(manifest["horizon"])))
+    rows = rng.normal(size=(n, f))
+
+    monitor.observe(rows, raw, raw * 100)
+
+    std = np.asarray(manifest["reference"]["validation_prediction_std"])
+    z = raw / std
+    get = registry.get_sample_value
+    assert get("forecast_prediction_standardized_count_total") == z.size
+    assert get("forecast_prediction_standardized_sum_total") == pytest.approx(z.sum())
+    assert get("forecast_prediction_standardized_squares_total") == pytest.approx((z**2).sum())
+    feature = manifest["feature_names"][0]
+    ref = manifest["reference"]["features"][feature]
+    z_in = (rows[:, 0] - ref["mean"]) / ref["std"]
+    assert get("forecast_input_standardized_sum_total", {"feature": feature}) == pytest.approx(
+        z_in.sum()
+    )
+
+
+def test_collapse_transition_counts_an_event_and_calls_back(manifest):
+    changes = []
+    registry = CollectorRegistry()
+    monitor = PredictionMonitor(manifest, on_collapse_change=changes.append)
+    registry.register(monitor)
+    rng = np.random.default_rng(1)
+    f, h = len(manifest["feature_names"]), int(manifest["horizon"])
+    assert math.isnan(registry.get_sample_value("forecast_prediction_variance_ratio"))
+
+    monitor.observe(rng.normal(size=(200, f)), np.full((200, h), 0.3), np.zeros((200, h)))
+
+    assert registry.get_sample_value("forecast_output_collapsed") == 1
+    assert registry.get_sample_value("forecast_collapse_events_total") == 1
+    assert registry.get_sample_value("forecast_prediction_variance_ratio") == pytest.approx(0.0)
+    assert changes == [True]
+
+    scale = np.sqrt(manifest["monitoring"]["collapse"]["pred_var"])
+    monitor.observe(rng.normal(size=(300, f)), scale * rng.normal(size=(300, h)),
+                    np.zeros((300, h)))
+
+    assert registry.get_sample_value("forecast_output_collapsed") == 0
+    assert changes == [True, False]
+    assert registry.get_sample_value("forecast_collapse_events_total") == 1
+
+
+def test_monitor_refuses_a_manifest_without_calibration(manifest):
+    stripped = {k: v for k, v in manifest.items() if k != "monitoring"}
+    with pytest.raises(ValueError, match="monitoring"):
+        PredictionMonitor(stripped)
