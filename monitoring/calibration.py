@@ -65,8 +65,10 @@ def calibrate(
 
     # 1. Typical healthy EW variances (sequential replay: the autocorrelated case).
     probe = CollapseDetector(
-        horizon=horizon, n_features=last_rows.shape[1],
-        calibration={"pred_var": 1.0, "input_var": 1.0, "threshold": 0.0}, settings=settings,
+        horizon=horizon,
+        n_features=last_rows.shape[1],
+        calibration={"pred_var": 1.0, "input_var": 1.0, "threshold": 0.0},
+        settings=settings,
     )
     pred_vars, input_vars = [], []
     for idx in _chunks(orders["sequential"], chunk):
@@ -83,8 +85,9 @@ def calibrate(
     # 2. Lowest healthy responsiveness, in both orders -> the collapse threshold.
     lowest = {}
     for name, order in orders.items():
-        det = CollapseDetector(horizon=horizon, n_features=last_rows.shape[1],
-                               calibration=collapse, settings=settings)
+        det = CollapseDetector(
+            horizon=horizon, n_features=last_rows.shape[1], calibration=collapse, settings=settings
+        )
         seen = []
         for idx in _chunks(order, chunk):
             det.update(raw_output[idx], last_rows[idx])
@@ -97,13 +100,28 @@ def calibrate(
     )
 
     # 3. Healthy ranges of the drift statistics, per feature.
-    wide = {name: {"mean_z": [-np.inf, np.inf], "std_ratio": [0.0, np.inf], "psi": np.inf,
-                   "out_of_range": np.inf} for name in feature_names}
-    ranges = {name: {"mean_z": [np.inf, -np.inf], "std_ratio": [np.inf, -np.inf], "psi": 0.0,
-                     "out_of_range": 0.0} for name in feature_names}
+    wide = {
+        name: {
+            "mean_z": [-np.inf, np.inf],
+            "std_ratio": [0.0, np.inf],
+            "psi": np.inf,
+            "out_of_range": np.inf,
+        }
+        for name in feature_names
+    }
+    ranges = {
+        name: {
+            "mean_z": [np.inf, -np.inf],
+            "std_ratio": [np.inf, -np.inf],
+            "psi": 0.0,
+            "out_of_range": 0.0,
+        }
+        for name in feature_names
+    }
     for order in orders.values():
-        det = DriftDetector(feature_names=feature_names, reference=reference,
-                            calibration=wide, settings=settings)
+        det = DriftDetector(
+            feature_names=feature_names, reference=reference, calibration=wide, settings=settings
+        )
         for idx in _chunks(order, chunk):
             det.update(last_rows[idx])
             if det.stats.count < settings.drift_min_windows:

@@ -51,8 +51,9 @@ class DetectorSettings:
 class CollapseDetector:
     """Input-adjusted variability of the raw model output, with hysteresis."""
 
-    def __init__(self, *, horizon: int, n_features: int, calibration: dict,
-                 settings: DetectorSettings):
+    def __init__(
+        self, *, horizon: int, n_features: int, calibration: dict, settings: DetectorSettings
+    ):
         self.settings = settings
         self.pred = EWStats(horizon, settings.collapse_halflife)
         self.inputs = EWStats(n_features, settings.collapse_halflife)
@@ -95,8 +96,14 @@ class CollapseDetector:
 class DriftDetector:
     """Per-feature input-scale drift against training statistics (scaled units)."""
 
-    def __init__(self, *, feature_names: list[str], reference: dict, calibration: dict,
-                 settings: DetectorSettings):
+    def __init__(
+        self,
+        *,
+        feature_names: list[str],
+        reference: dict,
+        calibration: dict,
+        settings: DetectorSettings,
+    ):
         self.settings = settings
         self.names = list(feature_names)
         refs = [reference[name] for name in self.names]
@@ -117,9 +124,7 @@ class DriftDetector:
         self.std_lo = np.array([c["std_ratio"][0] for c in cal]) / m.std_factor
         self.std_hi = np.array([c["std_ratio"][1] for c in cal]) * m.std_factor
         self.psi_limit = np.array([max(m.psi_floor, m.psi_factor * c["psi"]) for c in cal])
-        self.oor_limit = np.array(
-            [max(m.out_of_range_floor, 2.0 * c["out_of_range"]) for c in cal]
-        )
+        self.oor_limit = np.array([max(m.out_of_range_floor, 2.0 * c["out_of_range"]) for c in cal])
 
     def update(self, last_rows: np.ndarray) -> None:
         self.stats.update(last_rows)
@@ -147,8 +152,9 @@ class DriftDetector:
     def psi(self) -> np.ndarray:
         if not self.psi_ready:
             return np.full(len(self.names), np.nan)
-        return np.array([psi(a, e) for a, e in zip(self.hist.fractions, self.expected,
-                                                    strict=True)])
+        return np.array(
+            [psi(a, e) for a, e in zip(self.hist.fractions, self.expected, strict=True)]
+        )
 
     @property
     def drifted(self) -> np.ndarray:

@@ -20,12 +20,32 @@ from monitoring.ewstats import EWStats
 
 # Status codes the service can produce; their series exist from start-up (bounded cardinality).
 KNOWN_CODES = (
-    "OK", "CANCELLED", "UNKNOWN", "INVALID_ARGUMENT", "DEADLINE_EXCEEDED", "RESOURCE_EXHAUSTED",
-    "UNAVAILABLE", "UNAUTHENTICATED", "INTERNAL",
+    "OK",
+    "CANCELLED",
+    "UNKNOWN",
+    "INVALID_ARGUMENT",
+    "DEADLINE_EXCEEDED",
+    "RESOURCE_EXHAUSTED",
+    "UNAVAILABLE",
+    "UNAUTHENTICATED",
+    "INTERNAL",
 )
 KNOWN_METHODS = ("Forecast", "StreamForecast", "GetModelInfo")
 LATENCY_BUCKETS = (
-    0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+    0.0005,
+    0.001,
+    0.002,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
 )
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 
@@ -39,20 +59,27 @@ class ServingMetrics:
         queue_depth: Callable[[], float] | None = None,
     ):
         self.requests = Counter(
-            "forecast_requests", "Finished RPCs by method and gRPC status code.",
-            ["method", "code"], registry=registry,
+            "forecast_requests",
+            "Finished RPCs by method and gRPC status code.",
+            ["method", "code"],
+            registry=registry,
         )
         self.duration = Histogram(
-            "forecast_request_duration_seconds", "RPC handling time in seconds.", ["method"],
-            buckets=LATENCY_BUCKETS, registry=registry,
+            "forecast_request_duration_seconds",
+            "RPC handling time in seconds.",
+            ["method"],
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
         )
         for method in KNOWN_METHODS:
             self.duration.labels(method)
             for code in KNOWN_CODES:
                 self.requests.labels(method, code)
         self.batch_size = Histogram(
-            "forecast_batch_size", "Windows per model call (after merging, before padding).",
-            buckets=BATCH_BUCKETS, registry=registry,
+            "forecast_batch_size",
+            "Windows per model call (after merging, before padding).",
+            buckets=BATCH_BUCKETS,
+            registry=registry,
         )
         self.windows = Counter(
             "forecast_windows", "Windows forecast by the model.", registry=registry
@@ -63,8 +90,10 @@ class ServingMetrics:
         if queue_depth is not None:
             self.queue_depth.set_function(queue_depth)
         info = Gauge(
-            "forecast_model_info", "The served model version (value is always 1).",
-            sorted(model_labels), registry=registry,
+            "forecast_model_info",
+            "The served model version (value is always 1).",
+            sorted(model_labels),
+            registry=registry,
         )
         info.labels(**model_labels).set(1)
 
@@ -85,7 +114,10 @@ class PredictionMonitor:
         manifest: dict,
         *,
         on_collapse_change: Callable[[bool], None] | None = None,
+        update_every: int = 16,
     ):
+        """``update_every``: windows buffered before the detectors update (amortises the
+        per-update overhead when the model runs small batches; scrapes flush the buffer)."""
         section = manifest.get("monitoring")
         if not section:
             raise ValueError("manifest has no 'monitoring' calibration section")
@@ -96,15 +128,18 @@ class PredictionMonitor:
         self._pred_std = np.maximum(np.asarray(reference["validation_prediction_std"]), 1e-12)
         features = reference["features"]
         self._in_mean = np.array([features[n]["mean"] for n in self.feature_names])
-        self._in_std = np.maximum(np.array([features[n]["std"] for n in self.feature_names]),
-                                  1e-12)
+        self._in_std = np.maximum(np.array([features[n]["std"] for n in self.feature_names]), 1e-12)
         self.collapse = CollapseDetector(
-            horizon=horizon, n_features=len(self.feature_names),
-            calibration=section["collapse"], settings=settings,
+            horizon=horizon,
+            n_features=len(self.feature_names),
+            calibration=section["collapse"],
+            settings=settings,
         )
         self.drift = DriftDetector(
-            feature_names=self.feature_names, reference=features,
-            calibration=section["drift"], settings=settings,
+            feature_names=self.feature_names,
+            reference=features,
+            calibration=section["drift"],
+            settings=settings,
         )
         self._target = EWStats(horizon, settings.drift_halflife)
         self._on_change = on_collapse_change
@@ -112,87 +147,148 @@ class PredictionMonitor:
         n_f = len(self.feature_names)
         self._pred_sums = np.zeros(3)  # count, sum, sum of squares of standardized outputs
         self._in_sums = np.zeros((3, n_f))
+        self._update_every = max(1, update_every)
+        self._pending: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+        self._pending_windows = 0
 
     def observe(self, last_rows: np.ndarray, raw_output: np.ndarray, forecasts: np.ndarray) -> None:
         """One model batch: newest scaled input row per window ``[n, F]``, raw output
         ``[n, horizon]``, forecasts in target units ``[n, horizon]``."""
-        last_rows = np.asarray(last_rows, dtype=np.float64)
-        raw_output = np.asarray(raw_output, dtype=np.float64)
+        with self._lock:
+            self._pending.append((last_rows, raw_output, forecasts))
+            self._pending_windows += len(last_rows)
+            if self._pending_windows < self._update_every:
+                return
+            change = self._flush()
+        if change is not None and self._on_change is not None:
+            self._on_change(change)
+
+    def flush(self) -> None:
+        """Apply buffered windows now (scrapes do this; tests may too)."""
+        with self._lock:
+            change = self._flush()
+        if change is not None and self._on_change is not None:
+            self._on_change(change)
+
+    def _flush(self) -> bool | None:
+        """Update the detectors with the buffer; returns the new collapse state if it changed."""
+        if not self._pending:
+            return None
+        last_rows = np.concatenate([p[0] for p in self._pending]).astype(np.float64)
+        raw_output = np.concatenate([p[1] for p in self._pending]).astype(np.float64)
+        forecasts = np.concatenate([p[2] for p in self._pending]).astype(np.float64)
+        self._pending.clear()
+        self._pending_windows = 0
         z_pred = raw_output / self._pred_std
         z_in = (last_rows - self._in_mean) / self._in_std
-        with self._lock:
-            was = self.collapse.collapsed
-            self.collapse.update(raw_output, last_rows)
-            self.drift.update(last_rows)
-            self._target.update(np.asarray(forecasts, dtype=np.float64))
-            self._pred_sums += (z_pred.size, z_pred.sum(), np.square(z_pred).sum())
-            self._in_sums += np.stack([np.full(z_in.shape[1], len(z_in)), z_in.sum(axis=0),
-                                       np.square(z_in).sum(axis=0)])
-            changed = self.collapse.collapsed != was
-            now = self.collapse.collapsed
-        if changed and self._on_change is not None:
-            self._on_change(now)
+        was = self.collapse.collapsed
+        self.collapse.update(raw_output, last_rows)
+        self.drift.update(last_rows)
+        self._target.update(forecasts)
+        self._pred_sums += (z_pred.size, z_pred.sum(), np.square(z_pred).sum())
+        self._in_sums += np.stack(
+            [np.full(z_in.shape[1], len(z_in)), z_in.sum(axis=0), np.square(z_in).sum(axis=0)]
+        )
+        return self.collapse.collapsed if self.collapse.collapsed != was else None
 
     def describe(self):
         return []
 
     def collect(self) -> Iterator:
+        change = None
         with self._lock:
-            c, d = self.collapse, self.drift
-            yield _gauge("forecast_prediction_variance_ratio",
-                         "Recent variance of the raw model output over its healthy (validation "
-                         "replay) level; 1.0 is healthy, near 0 is constant output.",
-                         c.variance_ratio)
-            yield _gauge("forecast_prediction_responsiveness_ratio",
-                         "Variance ratio divided by the recent input activity ratio; the "
-                         "collapse detector's statistic.", c.responsiveness)
-            yield _gauge("forecast_input_activity_ratio",
-                         "Recent variance of the newest input rows over its healthy level.",
-                         c.activity_ratio)
-            yield _gauge("forecast_collapse_threshold_ratio",
-                         "Calibrated responsiveness below which the output counts as collapsed.",
-                         c.threshold_on)
-            yield _gauge("forecast_output_collapsed",
-                         "1 when the model output has collapsed to a near-constant value.",
-                         float(c.collapsed))
-            events = CounterMetricFamily("forecast_collapse_events",
-                                         "Transitions into the collapsed state.")
-            events.add_metric([], c.events)
-            yield events
-            windows = CounterMetricFamily("forecast_monitored_windows",
-                                          "Windows seen by the detectors.")
-            windows.add_metric([], c.pred.count)
-            yield windows
-            t_mean = self._target.mean.mean() if self._target.count else float("nan")
-            t_std = float(np.sqrt(self._target.var.mean())) if self._target.count else float(
-                "nan")
-            yield _gauge("forecast_prediction_target_mean",
-                         "Recent mean forecast in target units.", t_mean)
-            yield _gauge("forecast_prediction_target_stddev",
-                         "Recent std of forecasts in target units (follows the series level in "
-                         "delta mode; use the variance ratio for collapse).", t_std)
-            yield from _sufficient("forecast_prediction_standardized",
-                                   "raw model outputs standardized by the validation std",
-                                   [], [self._pred_sums])
-            yield from _sufficient("forecast_input_standardized",
-                                   "newest input rows standardized by training mean/std",
-                                   self.feature_names, list(self._in_sums.T))
-            per_feature = {
-                "forecast_input_mean_zscore": ("Recent input mean in training-std units.",
-                                               d.mean_zscore),
-                "forecast_input_std_ratio": ("Recent input std over training std.", d.std_ratio),
-                "forecast_input_psi": ("PSI of recent inputs over training decile bins (NaN "
-                                       "until the effective sample reaches 500 windows).", d.psi),
-                "forecast_input_out_of_range_ratio": ("Recent share of inputs outside the "
-                                                      "training min/max.", d.out_of_range_ratio),
-                "forecast_input_drifted": ("1 when the feature left its calibrated band.",
-                                           d.drifted.astype(float)),
-            }
-            for name, (help_text, values) in per_feature.items():
-                family = GaugeMetricFamily(name, help_text, labels=["feature"])
-                for feature, value in zip(self.feature_names, values, strict=True):
-                    family.add_metric([feature], float(value))
-                yield family
+            change = self._flush()
+            yield from self._families()
+        if change is not None and self._on_change is not None:
+            self._on_change(change)
+
+    def _families(self) -> Iterator:
+        c, d = self.collapse, self.drift
+        yield _gauge(
+            "forecast_prediction_variance_ratio",
+            "Recent variance of the raw model output over its healthy (validation "
+            "replay) level; 1.0 is healthy, near 0 is constant output.",
+            c.variance_ratio,
+        )
+        yield _gauge(
+            "forecast_prediction_responsiveness_ratio",
+            "Variance ratio divided by the recent input activity ratio; the "
+            "collapse detector's statistic.",
+            c.responsiveness,
+        )
+        yield _gauge(
+            "forecast_input_activity_ratio",
+            "Recent variance of the newest input rows over its healthy level.",
+            c.activity_ratio,
+        )
+        yield _gauge(
+            "forecast_collapse_threshold_ratio",
+            "Calibrated responsiveness below which the output counts as collapsed.",
+            c.threshold_on,
+        )
+        yield _gauge(
+            "forecast_output_collapsed",
+            "1 when the model output has collapsed to a near-constant value.",
+            float(c.collapsed),
+        )
+        events = CounterMetricFamily(
+            "forecast_collapse_events", "Transitions into the collapsed state."
+        )
+        events.add_metric([], c.events)
+        yield events
+        windows = CounterMetricFamily(
+            "forecast_monitored_windows", "Windows seen by the detectors."
+        )
+        windows.add_metric([], c.pred.count)
+        yield windows
+        t_mean = self._target.mean.mean() if self._target.count else float("nan")
+        t_std = float(np.sqrt(self._target.var.mean())) if self._target.count else float("nan")
+        yield _gauge(
+            "forecast_prediction_target_mean", "Recent mean forecast in target units.", t_mean
+        )
+        yield _gauge(
+            "forecast_prediction_target_stddev",
+            "Recent std of forecasts in target units (follows the series level in "
+            "delta mode; use the variance ratio for collapse).",
+            t_std,
+        )
+        yield from _sufficient(
+            "forecast_prediction_standardized",
+            "raw model outputs standardized by the validation std",
+            [],
+            [self._pred_sums],
+        )
+        yield from _sufficient(
+            "forecast_input_standardized",
+            "newest input rows standardized by training mean/std",
+            self.feature_names,
+            list(self._in_sums.T),
+        )
+        per_feature = {
+            "forecast_input_mean_zscore": (
+                "Recent input mean in training-std units.",
+                d.mean_zscore,
+            ),
+            "forecast_input_std_ratio": ("Recent input std over training std.", d.std_ratio),
+            "forecast_input_psi": (
+                "PSI of recent inputs over training decile bins (NaN "
+                "until the effective sample reaches 500 windows).",
+                d.psi,
+            ),
+            "forecast_input_out_of_range_ratio": (
+                "Recent share of inputs outside the training min/max.",
+                d.out_of_range_ratio,
+            ),
+            "forecast_input_drifted": (
+                "1 when the feature left its calibrated band.",
+                d.drifted.astype(float),
+            ),
+        }
+        for name, (help_text, values) in per_feature.items():
+            family = GaugeMetricFamily(name, help_text, labels=["feature"])
+            for feature, value in zip(self.feature_names, values, strict=True):
+                family.add_metric([feature], float(value))
+            yield family
 
 
 def _gauge(name: str, help_text: str, value: float) -> GaugeMetricFamily:
@@ -203,8 +299,9 @@ def _sufficient(prefix: str, what: str, features: list[str], sums: list[np.ndarr
     """count/sum/squares counters; PromQL gets fleet mean and variance from their rates."""
     parts = (("count", "Count"), ("sum", "Sum"), ("squares", "Sum of squares"))
     for i, (suffix, label) in enumerate(parts):
-        family = CounterMetricFamily(f"{prefix}_{suffix}", f"{label} of {what}.",
-                                     labels=["feature"] if features else None)
+        family = CounterMetricFamily(
+            f"{prefix}_{suffix}", f"{label} of {what}.", labels=["feature"] if features else None
+        )
         if features:
             for feature, row in zip(features, sums, strict=True):
                 family.add_metric([feature], float(row[i]))

@@ -1,0 +1,1 @@
+"""Benchmarks: load generators and measurements, run side by side on one machine."""
