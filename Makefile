@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 ARTIFACTS ?= artifacts
 
-.PHONY: install run train serve test lint format proto clean
+.PHONY: install run train serve demo test lint format proto clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -39,6 +39,10 @@ lint: install
 
 format: install
 	$(BIN)/ruff format .
+
+demo: install ## train if needed, then show the detectors on healthy, x10 and collapsed traffic
+	@ls $(ARTIFACTS)/*/manifest.json >/dev/null 2>&1 || $(BIN)/python -m training.train --output $(ARTIFACTS)
+	$(BIN)/python -m service.demo --artifacts $(ARTIFACTS)
 
 proto: install ## regenerate service/_proto from proto/ (a test fails when it is stale)
 	$(BIN)/python -m service.protogen
