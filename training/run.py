@@ -20,6 +20,7 @@ from monitoring.calibration import calibrate
 from training import guard
 from training.artifacts import MODEL_FILE, SCALER_FILE, new_version_name, publish
 from training.callbacks import EpochProgress, GradientNorms
+from training.distribute import is_chief, make_strategy, split_cpu
 from training.model import build_model, configure_devices
 from training.predict import predict_windows
 from training.prepare import Prepared
@@ -34,9 +35,12 @@ EXIT_OK, EXIT_COLLAPSED = 0, 3
 
 def fit_and_publish(prepared: Prepared, args: argparse.Namespace, argv_for_record) -> int:
     started = time.perf_counter()
+    split_cpu(args.cpu_devices)
+    strategy = make_strategy(args.distribute)
     device = configure_devices()
     keras.utils.set_random_seed(args.seed)
-    tf.config.experimental.enable_op_determinism()
+    if args.distribute == "none":
+        tf.config.experimental.enable_op_determinism()
 
     transform = prepared.transform
     series = prepared.series
@@ -59,16 +63,17 @@ def fit_and_publish(prepared: Prepared, args: argparse.Namespace, argv_for_recor
         ", NO SCALING" if args.no_scaling else "",
     )
 
-    model = build_model(
-        window=args.window,
-        n_features=len(series.feature_names),
-        horizon=args.horizon,
-        units=args.units,
-        dropout=args.dropout,
-        l2=args.l2,
-        learning_rate=args.learning_rate,
-        clipnorm=args.clipnorm,
-    )
+    with strategy.scope():
+        model = build_model(
+            window=args.window,
+            n_features=len(series.feature_names),
+            horizon=args.horizon,
+            units=args.units,
+            dropout=args.dropout,
+            l2=args.l2,
+            learning_rate=args.learning_rate,
+            clipnorm=args.clipnorm,
+        )
     grads = GradientNorms(x_train, y_train)
     history = model.fit(
         x_train,
@@ -119,12 +124,17 @@ def fit_and_publish(prepared: Prepared, args: argparse.Namespace, argv_for_recor
     reference = input_reference(scaled_train, prepared.splits["train"], series.feature_names)
     calibration_started = time.perf_counter()
     monitoring = calibrate(
-        val_raw_pred, x_val[:, -1, :].astype(np.float64),
-        feature_names=list(series.feature_names), reference=reference,
+        val_raw_pred,
+        x_val[:, -1, :].astype(np.float64),
+        feature_names=list(series.feature_names),
+        reference=reference,
     )
-    log.info("calibrated the collapse/drift detectors on validation replay in %.1fs "
-             "(collapse threshold %.3g)", time.perf_counter() - calibration_started,
-             monitoring["collapse"]["threshold"])
+    log.info(
+        "calibrated the collapse/drift detectors on validation replay in %.1fs "
+        "(collapse threshold %.3g)",
+        time.perf_counter() - calibration_started,
+        monitoring["collapse"]["threshold"],
+    )
     manifest = {
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "feature_names": list(series.feature_names),
@@ -203,9 +213,19 @@ def fit_and_publish(prepared: Prepared, args: argparse.Namespace, argv_for_recor
 
     diverged = not all(np.isfinite(v) for m in metrics.values() for v in m.to_dict().values())
     if diverged:
-        verdict.causes.insert(0, "training diverged: non-finite loss or predictions (lower "
-                              "--learning-rate or --clipnorm)")
-    if diverged or (verdict.collapsed and not args.allow_collapsed):
+        verdict.causes.insert(
+            0,
+            "training diverged: non-finite loss or predictions (lower "
+            "--learning-rate or --clipnorm)",
+        )
+    rejected_run = diverged or (verdict.collapsed and not args.allow_collapsed)
+    if not is_chief():
+        print(
+            f"worker finished ({'rejected' if rejected_run else 'accepted'}); the chief "
+            "publishes the artifacts"
+        )
+        return EXIT_COLLAPSED if rejected_run else EXIT_OK
+    if rejected_run:
         rejected = args.output / ".rejected" / version
         rejected.mkdir(parents=True, exist_ok=True)
         write_reports(rejected)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -140,6 +141,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="early-stopping patience in epochs (best weights are restored)",
     )
     t.add_argument("--seed", type=int, default=42, help="random seed (runs repeat on CPU)")
+    t.add_argument(
+        "--distribute",
+        choices=("none", "mirrored", "multiworker"),
+        default="none",
+        help="mirrored: all local GPUs (MirroredStrategy); multiworker: several "
+        "machines via TF_CONFIG (MultiWorkerMirroredStrategy); --batch-size is global",
+    )
+    t.add_argument(
+        "--cpu-devices",
+        type=_positive(int),
+        default=1,
+        help="split the CPU into this many logical devices (lets --distribute "
+        "mirrored run without GPUs, e.g. in tests)",
+    )
 
     g = p.add_argument_group("collapse guard and output")
     g.add_argument(
@@ -170,6 +185,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     if args.data is not None and not args.target:
         print("python -m training.train: error: --data requires --target", file=sys.stderr)
+        return EXIT_USAGE
+    if args.distribute == "multiworker" and "TF_CONFIG" not in os.environ:
+        print(
+            "python -m training.train: error: --distribute multiworker needs the TF_CONFIG "
+            "environment variable (cluster and task of this worker)",
+            file=sys.stderr,
+        )
         return EXIT_USAGE
     if args.data is None and (args.target or args.features or args.time_column):
         print(
