@@ -20,7 +20,7 @@ from monitoring.calibration import calibrate
 from training import guard
 from training.artifacts import MODEL_FILE, SCALER_FILE, new_version_name, publish
 from training.callbacks import EpochProgress, GradientNorms
-from training.distribute import is_chief, make_strategy, split_cpu
+from training.distribute import fit_multiworker, is_chief, make_strategy, split_cpu
 from training.model import build_model, configure_devices
 from training.predict import predict_windows
 from training.prepare import Prepared
@@ -75,25 +75,39 @@ def fit_and_publish(prepared: Prepared, args: argparse.Namespace, argv_for_recor
             clipnorm=args.clipnorm,
         )
     grads = GradientNorms(x_train, y_train)
-    history = model.fit(
-        x_train,
-        y_train,
-        validation_data=(x_val, y_val),
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        shuffle=True,  # shuffles windows inside the training split only
-        verbose=0,
-        callbacks=[
-            grads,
-            keras.callbacks.EarlyStopping(
-                monitor="val_loss", patience=args.patience, restore_best_weights=True
-            ),
-            keras.callbacks.ReduceLROnPlateau(
-                monitor="val_loss", factor=0.5, patience=max(1, args.patience // 2), min_lr=1e-5
-            ),
-            EpochProgress(args.epochs),
-        ],
-    ).history
+    callbacks = [
+        grads,
+        keras.callbacks.EarlyStopping(
+            monitor="val_loss", patience=args.patience, restore_best_weights=True
+        ),
+        keras.callbacks.ReduceLROnPlateau(
+            monitor="val_loss", factor=0.5, patience=max(1, args.patience // 2), min_lr=1e-5
+        ),
+        EpochProgress(args.epochs),
+    ]
+    if args.distribute == "multiworker":
+        history = fit_multiworker(
+            model,
+            strategy,
+            (x_train, y_train),
+            (x_val, y_val),
+            epochs=args.epochs,
+            batch_size=args.batch_size,
+            seed=args.seed,
+            callbacks=callbacks,
+        )
+        model = _unreplicated(model, args, len(series.feature_names))
+    else:
+        history = model.fit(
+            x_train,
+            y_train,
+            validation_data=(x_val, y_val),
+            epochs=args.epochs,
+            batch_size=args.batch_size,
+            shuffle=True,  # shuffles windows inside the training split only
+            verbose=0,
+            callbacks=callbacks,
+        ).history
     history = {k: [float(v) for v in vals] for k, vals in history.items()}
     epochs_run = len(history.get("loss", []))
     best_epoch = int(np.argmin(history["val_loss"])) + 1 if history.get("val_loss") else 0
@@ -260,6 +274,23 @@ def fit_and_publish(prepared: Prepared, args: argparse.Namespace, argv_for_recor
         f"{test.persistence_mae:.4g} ({test.mae_vs_persistence:.2f}x)"
     )
     return EXIT_OK
+
+
+def _unreplicated(model, args: argparse.Namespace, n_features: int):
+    """A plain copy of a multi-worker model for evaluation and saving (Keras 3 cannot predict
+    under MultiWorkerMirroredStrategy either)."""
+    plain = build_model(
+        window=args.window,
+        n_features=n_features,
+        horizon=args.horizon,
+        units=args.units,
+        dropout=args.dropout,
+        l2=args.l2,
+        learning_rate=args.learning_rate,
+        clipnorm=args.clipnorm,
+    )
+    plain.set_weights(model.get_weights())
+    return plain
 
 
 def _finite(value):
