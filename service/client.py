@@ -144,16 +144,22 @@ def build_parser() -> argparse.ArgumentParser:
         description="Call the forecast service: model info, health, or forecasts.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("--target", default=os.environ.get("FORECAST_TARGET", "localhost:50051"),
-                        help="server address host:port [FORECAST_TARGET]")
+    parser.add_argument(
+        "--target",
+        default=os.environ.get("FORECAST_TARGET", "localhost:50051"),
+        help="server address host:port [FORECAST_TARGET]",
+    )
     parser.add_argument("--timeout", type=float, default=10.0, help="per-call deadline, seconds")
     parser.add_argument("--tls", action="store_true", help="use TLS (system roots unless --ca)")
     parser.add_argument("--ca", type=Path, help="PEM CA bundle that signed the server cert")
     parser.add_argument("--cert", type=Path, help="PEM client certificate (mTLS)")
     parser.add_argument("--key", type=Path, help="PEM client key (mTLS)")
     parser.add_argument("--server-name", help="TLS name to verify instead of the target host")
-    parser.add_argument("--token", default=os.environ.get("FORECAST_AUTH_TOKEN"),
-                        help="bearer token [FORECAST_AUTH_TOKEN]")
+    parser.add_argument(
+        "--token",
+        default=os.environ.get("FORECAST_AUTH_TOKEN"),
+        help="bearer token [FORECAST_AUTH_TOKEN]",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("info", help="print model version, features, window, horizon, metrics")
     h = sub.add_parser("health", help="print the health status; exit 0 only when SERVING")
@@ -174,8 +180,13 @@ def main(argv: list[str] | None = None) -> int:
         except OSError as exc:
             print(f"{PROG}: error: {exc}", file=sys.stderr)
             return 2
-    client = ForecastClient(args.target, credentials=credentials, token=args.token,
-                            timeout=args.timeout, server_name=args.server_name)
+    client = ForecastClient(
+        args.target,
+        credentials=credentials,
+        token=args.token,
+        timeout=args.timeout,
+        server_name=args.server_name,
+    )
     try:
         if args.command == "health":
             status = client.health(args.service)
@@ -194,11 +205,15 @@ def main(argv: list[str] | None = None) -> int:
         loader = windows_from_csv if args.csv else windows_from_json
         windows = loader(source, info)
         response = client.forecast_response(windows)
-        print(json.dumps({
-            "model_version": response.model_version,
-            "target": info.target,
-            "forecasts": forecasts_from_response(response).tolist(),
-        }))
+        print(
+            json.dumps(
+                {
+                    "model_version": response.model_version,
+                    "target": info.target,
+                    "forecasts": forecasts_from_response(response).tolist(),
+                }
+            )
+        )
         return 0
     except grpc.RpcError as exc:
         print(f"{PROG}: error: {exc.code().name}: {exc.details()}", file=sys.stderr)

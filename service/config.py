@@ -91,6 +91,11 @@ class Settings:
             raise ValueError("--batch-buckets must include a bucket >= --max-batch-size")
         if self.max_windows_per_request < 1 or self.max_queue_windows < 1:
             raise ValueError("--max-windows-per-request and --max-queue-windows must be >= 1")
+        if self.max_windows_per_request > self.max_queue_windows:
+            raise ValueError(
+                "--max-windows-per-request cannot exceed --max-queue-windows "
+                "(such a request could never be queued)"
+            )
         if self.grace_seconds < 0 or self.max_wait_ms < 0:
             raise ValueError("--grace-seconds and --max-wait-ms must be >= 0")
         if (self.tls_cert is None) != (self.tls_key is None):
@@ -180,6 +185,9 @@ def load_settings(argv: list[str] | None = None, env: dict[str, str] | None = No
             defaults[f.name] = _converter(f)(raw)
         except ValueError as exc:
             parser.error(f"{env_name(f.name)}: {exc}")
+        choices = f.metadata.get("choices")
+        if choices and defaults[f.name] not in choices:
+            parser.error(f"{env_name(f.name)}: {raw!r} is not one of {', '.join(choices)}")
     parser.set_defaults(**defaults)
     args = parser.parse_args(argv)
     values = {}

@@ -10,6 +10,7 @@ methods contain no try/except. :class:`StatusInterceptor` turns those into
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import time
 from collections.abc import Callable
@@ -72,6 +73,7 @@ async def _checked(request_iterator):
         if request is UNDECODABLE:
             raise InvalidRequest(UNDECODABLE_MESSAGE)
         yield request
+
 
 Recorder = Callable[[str, grpc.StatusCode, float], None]
 
@@ -136,8 +138,12 @@ class StatusInterceptor(grpc.aio.ServerInterceptor):
                     request_or_iterator = _checked(request_or_iterator)
                 elif request_or_iterator is UNDECODABLE:
                     raise InvalidRequest(UNDECODABLE_MESSAGE)
-                async for response in behavior(request_or_iterator, context):
-                    yield response
+                result = behavior(request_or_iterator, context)
+                if inspect.isawaitable(result):  # writes with context.write (e.g. health Watch)
+                    await result
+                else:
+                    async for response in result:
+                        yield response
             except BaseException as exc:
                 code, details = _classify(exc, context, method)
                 if details is None:

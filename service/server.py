@@ -60,8 +60,11 @@ class RunningServer:
     async def on_collapse_change(self, collapsed: bool) -> None:
         """With ``--on-collapse unready``: NOT_SERVING while collapsed, SERVING after."""
         if self.collapse_unready and not self.draining:
-            log.warning("output %s: health -> %s", "collapsed" if collapsed else "recovered",
-                        "NOT_SERVING" if collapsed else "SERVING")
+            log.warning(
+                "output %s: health -> %s",
+                "collapsed" if collapsed else "recovered",
+                "NOT_SERVING" if collapsed else "SERVING",
+            )
             await self.set_serving(not collapsed)
 
     async def shutdown(self, grace: float) -> None:
@@ -154,19 +157,30 @@ async def create_server(
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
-        (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-         reflection.SERVICE_NAME),
+        (
+            SERVICE_NAME,
+            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+            reflection.SERVICE_NAME,
+        ),
         server,
     )
     credentials = _credentials(settings)
-    if credentials is None:
-        port = server.add_insecure_port(settings.address)
-    else:
-        port = server.add_secure_port(settings.address, credentials)
+    try:
+        if credentials is None:
+            port = server.add_insecure_port(settings.address)
+        else:
+            port = server.add_secure_port(settings.address, credentials)
+    except RuntimeError:  # grpcio raises this when the address is taken
+        port = 0
     if port == 0:
-        raise OSError(f"cannot bind gRPC address {settings.address}")
+        raise OSError(f"cannot bind gRPC address {settings.address} (in use or not permitted)")
     running = RunningServer(
-        server, port, health_servicer, batcher, forecaster, monitor=monitor,
+        server,
+        port,
+        health_servicer,
+        batcher,
+        forecaster,
+        monitor=monitor,
         collapse_unready=settings.on_collapse == "unready",
     )
     holder.append(running)
@@ -175,8 +189,11 @@ async def create_server(
     batcher.start()
     log.info(
         "gRPC listening on %s (port %d, %s%s), model %s",
-        settings.address, port, "TLS" if credentials else "plaintext",
-        ", mTLS" if settings.tls_client_ca else "", artifacts.version,
+        settings.address,
+        port,
+        "TLS" if credentials else "plaintext",
+        ", mTLS" if settings.tls_client_ca else "",
+        artifacts.version,
     )
     return running
 
@@ -199,8 +216,9 @@ async def serve(
         metrics_server, metrics_port = start_metrics_server(
             registry, settings.metrics_address, settings.metrics_port
         )
-        log.info("Prometheus metrics on http://%s:%d/metrics", settings.metrics_address,
-                 metrics_port)
+        log.info(
+            "Prometheus metrics on http://%s:%d/metrics", settings.metrics_address, metrics_port
+        )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -72,7 +72,11 @@ class ForecastServicer(pb_grpc.ForecastServiceServicer):
                         queue.put_nowait(InvalidWindow(f"message {index}: {exc}"))
                         return
                     await slots.acquire()
-                    queue.put_nowait(asyncio.ensure_future(self._batcher.submit(windows, deadline)))
+                    queue.put_nowait(
+                        asyncio.ensure_future(
+                            _with_message_index(index, self._batcher.submit(windows, deadline))
+                        )
+                    )
                     index += 1
             finally:
                 queue.put_nowait(None)
@@ -97,6 +101,14 @@ class ForecastServicer(pb_grpc.ForecastServiceServicer):
         self, request: pb.GetModelInfoRequest, context: grpc.aio.ServicerContext
     ) -> pb.ModelInfo:
         return self._info
+
+
+async def _with_message_index(index: int, forecast):
+    """Prefix a stream message's window error (found after batching) with its message index."""
+    try:
+        return await forecast
+    except InvalidWindow as exc:
+        raise InvalidWindow(f"message {index}: {exc}") from None
 
 
 def model_info(
