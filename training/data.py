@@ -268,9 +268,7 @@ def impute(
     names = feature_names or tuple(str(i) for i in range(values.shape[1]))
     all_missing = [names[i] for i in range(values.shape[1]) if np.isnan(train[:, i]).all()]
     if all_missing:
-        raise DataError(
-            f"column(s) {', '.join(all_missing)} have no values in the training split"
-        )
+        raise DataError(f"column(s) {', '.join(all_missing)} have no values in the training split")
     means = np.nanmean(train, axis=0)
     filled = values.copy()
     n_missing = int(np.isnan(filled).sum())

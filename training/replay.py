@@ -19,8 +19,13 @@ def held_out_windows(
     series: Series, *, window: int, horizon: int, val_fraction: float, test_fraction: float
 ) -> np.ndarray:
     """Raw windows ``[n, window, F]`` of the validation then the test split, in time order."""
-    prepared = prepare(series, val_fraction=val_fraction, test_fraction=test_fraction,
-                       window=window, horizon=horizon)
+    prepared = prepare(
+        series,
+        val_fraction=val_fraction,
+        test_fraction=test_fraction,
+        window=window,
+        horizon=horizon,
+    )
     parts = []
     for name in ("val", "test"):
         values = prepared.splits[name]
