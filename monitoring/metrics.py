@@ -145,8 +145,11 @@ class PredictionMonitor:
         self._on_change = on_collapse_change
         self._lock = threading.Lock()
         n_f = len(self.feature_names)
-        self._pred_sums = np.zeros(3)  # count, sum, sum of squares of standardized outputs
-        self._in_sums = np.zeros((3, n_f))
+        # Monotonic sufficient statistics of standardized values: count, sum of the positive
+        # parts, sum of the magnitudes of the negative parts, sum of squares. (A plain sum goes
+        # down on negative values, and rate() would read every decrease as a counter reset.)
+        self._pred_sums = np.zeros(4)
+        self._in_sums = np.zeros((4, n_f))
         self._update_every = max(1, update_every)
         self._pending: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
         self._pending_windows = 0
@@ -185,10 +188,8 @@ class PredictionMonitor:
         self.collapse.update(raw_output, last_rows)
         self.drift.update(last_rows)
         self._target.update(forecasts)
-        self._pred_sums += (z_pred.size, z_pred.sum(), np.square(z_pred).sum())
-        self._in_sums += np.stack(
-            [np.full(z_in.shape[1], len(z_in)), z_in.sum(axis=0), np.square(z_in).sum(axis=0)]
-        )
+        self._pred_sums += _sufficient_sums(z_pred.reshape(-1, 1))[:, 0]
+        self._in_sums += _sufficient_sums(z_in)
         return self.collapse.collapsed if self.collapse.collapsed != was else None
 
     def describe(self):
@@ -295,9 +296,28 @@ def _gauge(name: str, help_text: str, value: float) -> GaugeMetricFamily:
     return GaugeMetricFamily(name, help_text, value=float(value))
 
 
+def _sufficient_sums(z: np.ndarray) -> np.ndarray:
+    """Per column of ``z`` ``[n, k]``: count, positive sum, negative magnitude sum, squares."""
+    return np.stack(
+        [
+            np.full(z.shape[1], float(len(z))),
+            np.clip(z, 0.0, None).sum(axis=0),
+            np.clip(-z, 0.0, None).sum(axis=0),
+            np.square(z).sum(axis=0),
+        ]
+    )
+
+
 def _sufficient(prefix: str, what: str, features: list[str], sums: list[np.ndarray]):
-    """count/sum/squares counters; PromQL gets fleet mean and variance from their rates."""
-    parts = (("count", "Count"), ("sum", "Sum"), ("squares", "Sum of squares"))
+    """Monotonic counters from which PromQL gets the fleet mean and variance:
+    mean = (rate(positive_sum) - rate(negative_sum)) / rate(values),
+    variance = rate(squares) / rate(values) - mean^2."""
+    parts = (
+        ("values", "Number"),
+        ("positive_sum", "Sum of the positive"),
+        ("negative_sum", "Sum of the magnitudes of the negative"),
+        ("squares", "Sum of squares"),
+    )
     for i, (suffix, label) in enumerate(parts):
         family = CounterMetricFamily(
             f"{prefix}_{suffix}", f"{label} of {what}.", labels=["feature"] if features else None

@@ -14,7 +14,7 @@ from grpc_reflection.v1alpha import reflection
 from prometheus_client import CollectorRegistry
 
 from monitoring.metrics import PredictionMonitor, ServingMetrics, start_metrics_server
-from service.api import SERVICE_NAME, pb_grpc
+from service.api import SERVICE_NAME, pb, pb_grpc
 from service.auth import BearerTokenInterceptor
 from service.batching import BatchObserver, MicroBatcher
 from service.config import Settings
@@ -245,9 +245,16 @@ def _model_labels(artifacts: Artifacts, device: str) -> dict[str, str]:
     }
 
 
+FORECAST_METHODS = frozenset(pb.DESCRIPTOR.services_by_name["ForecastService"].methods_by_name)
+
+
 def _chain_recorders(record: Recorder | None, metrics: ServingMetrics) -> Recorder:
+    """Forecast RPCs go into the request metrics; health and reflection calls do not (probes
+    would otherwise dilute error rates and satisfy traffic guards)."""
+
     def chained(method: str, code: grpc.StatusCode, seconds: float) -> None:
-        metrics.record_rpc(method, code.name, seconds)
+        if method in FORECAST_METHODS:
+            metrics.record_rpc(method, code.name, seconds)
         if record is not None:
             record(method, code, seconds)
 

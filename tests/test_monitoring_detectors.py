@@ -26,8 +26,11 @@ def artifacts(trained_version):
 def raw_windows(artifacts, tiny_training_args):
     steps = int(tiny_training_args[tiny_training_args.index("--synthetic-steps") + 1])
     return held_out_windows(
-        synthetic_series(steps), window=artifacts.window, horizon=artifacts.horizon,
-        val_fraction=0.15, test_fraction=0.15,
+        synthetic_series(steps),
+        window=artifacts.window,
+        horizon=artifacts.horizon,
+        val_fraction=0.15,
+        test_fraction=0.15,
     )
 
 
@@ -67,9 +70,7 @@ def test_zeroed_head_model_is_flagged_within_64_windows(artifacts, healthy, raw_
     collapsed_traffic = traffic_for(broken, raw_windows)
     assert np.ptp(collapsed_traffic.raw_output) == pytest.approx(0.0, abs=1e-6)
 
-    needed = windows_until_flagged(
-        artifacts.manifest, healthy, collapsed_traffic, kind="collapse"
-    )
+    needed = windows_until_flagged(artifacts.manifest, healthy, collapsed_traffic, kind="collapse")
 
     assert needed is not None and needed <= 64, needed
 
@@ -116,9 +117,7 @@ def _drift_cases(artifacts):
     }
     for i, name in enumerate(artifacts.feature_names):
         for sign in (+1.0, -1.0):
-            cases[f"offset_{'+' if sign > 0 else '-'}3std_{name}"] = _offset(
-                i, sign, scaler.scale_
-            )
+            cases[f"offset_{'+' if sign > 0 else '-'}3std_{name}"] = _offset(i, sign, scaler.scale_)
     return cases
 
 

@@ -11,8 +11,14 @@ from prometheus_client import CollectorRegistry, generate_latest
 from monitoring.metrics import KNOWN_CODES, PredictionMonitor, ServingMetrics
 from training.artifacts import load_artifacts
 
-LABELS = {"version": "v1", "target": "load", "window": "24", "horizon": "1",
-          "target_mode": "delta", "device": "CPU"}
+LABELS = {
+    "version": "v1",
+    "target": "load",
+    "window": "24",
+    "horizon": "1",
+    "target_mode": "delta",
+    "device": "CPU",
+}
 
 
 @pytest.fixture(scope="module")
@@ -45,9 +51,12 @@ def test_serving_metrics_create_known_label_sets_upfront():
     registry = CollectorRegistry()
     ServingMetrics(registry, model_labels=LABELS)
     for code in KNOWN_CODES:
-        assert registry.get_sample_value(
-            "forecast_requests_total", {"method": "Forecast", "code": code}
-        ) == 0
+        assert (
+            registry.get_sample_value(
+                "forecast_requests_total", {"method": "Forecast", "code": code}
+            )
+            == 0
+        )
 
 
 def test_two_registries_do_not_share_state():
@@ -66,15 +75,25 @@ def test_prediction_monitor_exports_every_contract_metric(manifest):
 
     text = generate_latest(registry).decode()
 
-    for metric in ("forecast_prediction_variance_ratio", "forecast_output_collapsed",
-                   "forecast_collapse_events_total", "forecast_prediction_target_mean",
-                   "forecast_prediction_standardized_count_total",
-                   "forecast_prediction_standardized_sum_total",
-                   "forecast_prediction_standardized_squares_total"):
+    for metric in (
+        "forecast_prediction_variance_ratio",
+        "forecast_output_collapsed",
+        "forecast_collapse_events_total",
+        "forecast_prediction_target_mean",
+        "forecast_prediction_standardized_values_total",
+        "forecast_prediction_standardized_positive_sum_total",
+        "forecast_prediction_standardized_negative_sum_total",
+        "forecast_prediction_standardized_squares_total",
+    ):
         assert f"\n{metric} " in text, metric
-    for metric in ("forecast_input_mean_zscore", "forecast_input_std_ratio",
-                   "forecast_input_psi", "forecast_input_out_of_range_ratio",
-                   "forecast_input_drifted", "forecast_input_standardized_count_total"):
+    for metric in (
+        "forecast_input_mean_zscore",
+        "forecast_input_std_ratio",
+        "forecast_input_psi",
+        "forecast_input_out_of_range_ratio",
+        "forecast_input_drifted",
+        "forecast_input_standardized_values_total",
+    ):
         for feature in names:
             assert f'{metric}{{feature="{feature}"}}' in text, (metric, feature)
 
@@ -93,15 +112,40 @@ def test_sufficient_statistics_are_standardized_sums(manifest):
     std = np.asarray(manifest["reference"]["validation_prediction_std"])
     z = raw / std
     get = registry.get_sample_value
-    assert get("forecast_prediction_standardized_count_total") == z.size
-    assert get("forecast_prediction_standardized_sum_total") == pytest.approx(z.sum())
+    assert get("forecast_prediction_standardized_values_total") == z.size
+    assert get("forecast_prediction_standardized_positive_sum_total") == pytest.approx(
+        z[z > 0].sum()
+    )
+    assert get("forecast_prediction_standardized_negative_sum_total") == pytest.approx(
+        -z[z < 0].sum()
+    )
     assert get("forecast_prediction_standardized_squares_total") == pytest.approx((z**2).sum())
     feature = manifest["feature_names"][0]
     ref = manifest["reference"]["features"][feature]
     z_in = (rows[:, 0] - ref["mean"]) / ref["std"]
-    assert get("forecast_input_standardized_sum_total", {"feature": feature}) == pytest.approx(
-        z_in.sum()
+    signed = get("forecast_input_standardized_positive_sum_total", {"feature": feature}) - get(
+        "forecast_input_standardized_negative_sum_total", {"feature": feature}
     )
+    assert signed == pytest.approx(z_in.sum())
+
+
+def test_sufficient_statistics_never_decrease(manifest):
+    """Counters must be monotonic even when every standardized value is negative."""
+    registry = CollectorRegistry()
+    monitor = PredictionMonitor(manifest, update_every=1)
+    registry.register(monitor)
+    f, h = len(manifest["feature_names"]), int(manifest["horizon"])
+    names = [
+        f"forecast_prediction_standardized_{part}_total"
+        for part in ("values", "positive_sum", "negative_sum", "squares")
+    ]
+    before = [registry.get_sample_value(n) for n in names]
+
+    monitor.observe(np.full((10, f), -3.0), np.full((10, h), -2.0), np.zeros((10, h)))
+
+    after = [registry.get_sample_value(n) for n in names]
+    assert all(a >= b for a, b in zip(after, before, strict=True))
+    assert after[2] > before[2]  # the negative part grew
 
 
 def test_collapse_transition_counts_an_event_and_calls_back(manifest):
@@ -121,8 +165,9 @@ def test_collapse_transition_counts_an_event_and_calls_back(manifest):
     assert changes == [True]
 
     scale = np.sqrt(manifest["monitoring"]["collapse"]["pred_var"])
-    monitor.observe(rng.normal(size=(300, f)), scale * rng.normal(size=(300, h)),
-                    np.zeros((300, h)))
+    monitor.observe(
+        rng.normal(size=(300, f)), scale * rng.normal(size=(300, h)), np.zeros((300, h))
+    )
 
     assert registry.get_sample_value("forecast_output_collapsed") == 0
     assert changes == [True, False]

@@ -27,16 +27,22 @@ NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
 @pytest.fixture(scope="module")
 def settings() -> Settings:
-    return Settings(address="127.0.0.1:0", metrics_port=-1, batch_buckets=(1, 8, 32),
-                    max_batch_size=32)
+    return Settings(
+        address="127.0.0.1:0", metrics_port=-1, batch_buckets=(1, 8, 32), max_batch_size=32
+    )
 
 
 @pytest.fixture(scope="module")
 def windows(trained_version, tiny_training_args):
     artifacts = load_artifacts(trained_version)
     steps = int(tiny_training_args[tiny_training_args.index("--synthetic-steps") + 1])
-    return held_out_windows(synthetic_series(steps), window=artifacts.window,
-                            horizon=artifacts.horizon, val_fraction=0.15, test_fraction=0.15)
+    return held_out_windows(
+        synthetic_series(steps),
+        window=artifacts.window,
+        horizon=artifacts.horizon,
+        val_fraction=0.15,
+        test_fraction=0.15,
+    )
 
 
 async def _serve_and_send(settings, version_dir, windows, *, per_request=8, bad_requests=0):
@@ -46,8 +52,10 @@ async def _serve_and_send(settings, version_dir, windows, *, per_request=8, bad_
         await running.warm_up()
         async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
             stub = pb_grpc.ForecastServiceStub(channel)
-            calls = [stub.Forecast(request_from_windows(windows[lo : lo + per_request]))
-                     for lo in range(0, len(windows), per_request)]
+            calls = [
+                stub.Forecast(request_from_windows(windows[lo : lo + per_request]))
+                for lo in range(0, len(windows), per_request)
+            ]
             await asyncio.gather(*calls)
             for _ in range(bad_requests):
                 with pytest.raises(grpc.aio.AioRpcError):
@@ -55,6 +63,12 @@ async def _serve_and_send(settings, version_dir, windows, *, per_request=8, bad_
             await asyncio.sleep(0.3)  # the monitor runs after responses are sent
             health = health_pb2_grpc.HealthStub(channel)
             status = (await health.Check(health_pb2.HealthCheckRequest())).status
+        assert (
+            registry.get_sample_value(  # probes are not forecast traffic
+                "forecast_requests_total", {"method": "Check", "code": "OK"}
+            )
+            is None
+        )
         return registry, status, len(calls)
     finally:
         await running.shutdown(1.0)
@@ -91,8 +105,9 @@ def test_collapsed_model_health_follows_on_collapse(
 
 def test_monitoring_off_keeps_serving_metrics_only(settings, trained_version, windows):
     registry, _, _ = asyncio.run(
-        _serve_and_send(dataclasses.replace(settings, monitoring=False), trained_version,
-                        windows[:40])
+        _serve_and_send(
+            dataclasses.replace(settings, monitoring=False), trained_version, windows[:40]
+        )
     )
 
     assert registry.get_sample_value("forecast_windows_total") == 40
