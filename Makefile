@@ -6,7 +6,8 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 ARTIFACTS ?= artifacts
 
-.PHONY: install run train serve demo test lint format proto clean
+.PHONY: install run train serve demo test lint format proto image image-cpu container-test \
+	prometheus-rule clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -46,6 +47,18 @@ demo: install ## train if needed, then show the detectors on healthy, x10 and co
 
 proto: install ## regenerate service/_proto from proto/ (a test fails when it is stale)
 	$(BIN)/python -m service.protogen
+
+image: ## build the GPU image with docker
+	docker build -t lstm-forecast .
+
+image-cpu: ## build the CPU image with docker
+	docker build --build-arg TF_PACKAGE='tensorflow-cpu==2.21.*' -t lstm-forecast:cpu .
+
+container-test: install ## build the image with podman and run it end to end (as root)
+	bash deploy/container-test.sh
+
+prometheus-rule: install ## regenerate deploy/k8s/base/prometheusrule.yaml from alerts.yml
+	$(BIN)/python scripts/gen-prometheus-rule.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info

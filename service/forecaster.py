@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import bisect
 import logging
+import threading
 import time
 from dataclasses import dataclass
 
@@ -56,10 +57,14 @@ class Forecaster:
     def n_features(self) -> int:
         return self.transform.n_features
 
-    def warm_up(self) -> float:
-        """Compile every bucket once. Returns the seconds it took."""
+    def warm_up(self, stop: threading.Event | None = None) -> float:
+        """Compile every bucket once (stopping early when ``stop`` is set, e.g. by SIGTERM).
+        Returns the seconds it took."""
         started = time.perf_counter()
         for size in self.buckets:
+            if stop is not None and stop.is_set():
+                log.info("warm-up interrupted")
+                break
             self._call(np.zeros((size, self.window, self.n_features), np.float32)).numpy()
         seconds = time.perf_counter() - started
         log.info("warmed up %d batch buckets %s in %.1fs", len(self.buckets), self.buckets, seconds)

@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-from dataclasses import dataclass
+import threading
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
@@ -38,38 +39,51 @@ class RunningServer:
     monitor: PredictionMonitor | None = None
     collapse_unready: bool = False
     draining: bool = False
+    stop_warm_up: threading.Event = field(default_factory=threading.Event)
 
-    async def set_serving(self, serving: bool) -> None:
+    async def set_serving(self, serving: bool, services: tuple[str, ...] = HEALTH_SERVICES) -> None:
         status = (
             health_pb2.HealthCheckResponse.SERVING
             if serving
             else health_pb2.HealthCheckResponse.NOT_SERVING
         )
-        for name in HEALTH_SERVICES:
+        for name in services:
             await self.health.set(name, status)
 
     async def warm_up(self) -> None:
         """Compile every batch bucket off the event loop, then report SERVING."""
-        await asyncio.get_running_loop().run_in_executor(None, self.forecaster.warm_up)
-        await self.set_serving(not self._collapsed())
+        await asyncio.get_running_loop().run_in_executor(
+            None, self.forecaster.warm_up, self.stop_warm_up
+        )
+        if self.draining:
+            return
+        await self.set_serving(True, ("",))
+        await self.set_serving(not self._collapsed(), (SERVICE_NAME,))
 
     def _collapsed(self) -> bool:
         monitor = self.monitor
         return self.collapse_unready and monitor is not None and monitor.collapse.collapsed
 
     async def on_collapse_change(self, collapsed: bool) -> None:
-        """With ``--on-collapse unready``: NOT_SERVING while collapsed, SERVING after."""
+        """With ``--on-collapse unready``: the service's health is NOT_SERVING while collapsed.
+
+        Only ``forecast.v1.ForecastService`` changes; the server-wide ``""`` status stays
+        SERVING, so a readiness probe on the service name takes the replica out of rotation
+        while a liveness probe on ``""`` does not restart it.
+        """
         if self.collapse_unready and not self.draining:
             log.warning(
-                "output %s: health -> %s",
+                "output %s: %s health -> %s",
                 "collapsed" if collapsed else "recovered",
+                SERVICE_NAME,
                 "NOT_SERVING" if collapsed else "SERVING",
             )
-            await self.set_serving(not collapsed)
+            await self.set_serving(not collapsed, (SERVICE_NAME,))
 
     async def shutdown(self, grace: float) -> None:
         """NOT_SERVING, stop taking RPCs, let in-flight ones finish within ``grace``, stop."""
         self.draining = True
+        self.stop_warm_up.set()
         await self.health.enter_graceful_shutdown()
         await self.server.stop(grace)
         await self.batcher.close()

@@ -12,7 +12,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client import CollectorRegistry
 
-from service.api import pb, pb_grpc
+from service.api import SERVICE_NAME, pb, pb_grpc
 from service.client import request_from_windows
 from service.config import Settings
 from service.server import create_server
@@ -62,7 +62,11 @@ async def _serve_and_send(settings, version_dir, windows, *, per_request=8, bad_
                     await stub.Forecast(pb.ForecastRequest())
             await asyncio.sleep(0.3)  # the monitor runs after responses are sent
             health = health_pb2_grpc.HealthStub(channel)
-            status = (await health.Check(health_pb2.HealthCheckRequest())).status
+            status = (
+                await health.Check(health_pb2.HealthCheckRequest(service=SERVICE_NAME))
+            ).status
+            server_wide = (await health.Check(health_pb2.HealthCheckRequest())).status
+            assert server_wide == SERVING  # liveness is never affected by a collapse
         assert (
             registry.get_sample_value(  # probes are not forecast traffic
                 "forecast_requests_total", {"method": "Check", "code": "OK"}
