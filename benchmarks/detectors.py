@@ -21,7 +21,7 @@ from monitoring.replay import Traffic, orders, replay, windows_until_flagged
 from training.artifacts import ArtifactError, load_artifacts
 from training.data import synthetic_series
 from training.faults import zero_head
-from training.replay import held_out_windows, traffic_for
+from training.replay import drift_scenarios, held_out_windows, traffic_for
 
 
 def _flag(argv: list[str], name: str, default: str) -> str:
@@ -68,19 +68,7 @@ def measure(artifacts_path: Path, windows_per_order: int, scratch: Path) -> dict
         "constant_output": windows_until_flagged(manifest, healthy, constant, kind="collapse"),
         "zeroed_head_model": windows_until_flagged(manifest, healthy, broken, kind="collapse"),
     }
-    scaler = artifacts.scaler
-    cases = {
-        "x10": lambda w: w * 10.0,
-        "div10": lambda w: w / 10.0,
-        "standardized_as_raw": lambda w: (w - scaler.mean_) / scaler.scale_,
-    }
-    for i, name in enumerate(artifacts.feature_names):
-
-        def offset(w, i=i):
-            w[..., i] += 3.0 * scaler.scale_[i]
-            return w
-
-        cases[f"offset_+3std_{name}"] = offset
+    cases = drift_scenarios(artifacts)
     out["drift_windows_to_flag"] = {
         name: windows_until_flagged(manifest, healthy, traffic_for(artifacts, raw, f), kind="drift")
         for name, f in cases.items()

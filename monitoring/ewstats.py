@@ -21,6 +21,15 @@ def alpha_for_halflife(halflife: float) -> float:
     return 1.0 - 0.5 ** (1.0 / halflife)
 
 
+def _batch_weights(alpha: float, n: int, weight: float) -> tuple[np.ndarray, float, float]:
+    """EW weights of ``n`` new samples (newest weighs most), the decayed weight of the old state,
+    and the new total weight."""
+    keep = 1.0 - alpha
+    w = alpha * keep ** np.arange(n - 1, -1, -1, dtype=np.float64)
+    old = keep**n * weight
+    return w, old, old + w.sum()
+
+
 class EWStats:
     def __init__(self, dim: int, halflife: float):
         self.alpha = alpha_for_halflife(halflife)
@@ -34,11 +43,7 @@ class EWStats:
         n = len(x)
         if n == 0:
             return
-        keep = 1.0 - self.alpha
-        w = self.alpha * keep ** np.arange(n - 1, -1, -1, dtype=np.float64)  # newest weighs most
-        decay = keep**n
-        old = decay * self.weight
-        total = old + w.sum()
+        w, old, total = _batch_weights(self.alpha, n, self.weight)
         batch_mean = w @ x / w.sum()
         mean = (old * self.mean + w.sum() * batch_mean) / total
         dev = x - mean
@@ -62,11 +67,7 @@ class EWHistogram:
         n = len(x)
         if n == 0:
             return
-        keep = 1.0 - self.alpha
-        w = self.alpha * keep ** np.arange(n - 1, -1, -1, dtype=np.float64)
-        decay = keep**n
-        old = decay * self.weight
-        total = old + w.sum()
+        w, old, total = _batch_weights(self.alpha, n, self.weight)
         for f, edges in enumerate(self.edges):
             bins = np.searchsorted(edges, x[:, f], side="right")
             added = np.bincount(bins, weights=w, minlength=len(edges) + 1)

@@ -66,3 +66,43 @@ def trained_version(trained_output) -> Path:
     versions = [p for p in trained_output.iterdir() if not p.name.startswith(".")]
     assert len(versions) == 1, versions
     return versions[0]
+
+
+# --------------------------------------------------------------------------------------------
+# System tools
+# --------------------------------------------------------------------------------------------
+
+REQUIRE_SYSTEM_TOOLS_ENV = "FORECAST_REQUIRE_SYSTEM_TOOLS"
+
+
+def require_tool(name: str) -> str:
+    """The path of system binary ``name`` (e.g. ``promtool``, ``prometheus``).
+
+    When it is missing the calling test skips, or fails when ``FORECAST_REQUIRE_SYSTEM_TOOLS=1``
+    (as .ci/run sets), so that CI cannot pass by skipping.
+    """
+    import os
+    import shutil
+
+    path = shutil.which(name)
+    if path is not None:
+        return path
+    if os.environ.get(REQUIRE_SYSTEM_TOOLS_ENV) == "1":
+        pytest.fail(
+            f"{name} not installed but {REQUIRE_SYSTEM_TOOLS_ENV}=1; "
+            "run scripts/install-system-deps.sh",
+            pytrace=False,
+        )
+    pytest.skip(f"{name} not installed; run scripts/install-system-deps.sh")
+
+
+# Test modules cannot `from conftest import require_tool`: tests/service/conftest.py shadows the
+# module name. They take the binaries through these fixtures instead.
+@pytest.fixture(scope="session")
+def promtool_binary() -> str:
+    return require_tool("promtool")
+
+
+@pytest.fixture(scope="session")
+def prometheus_binary() -> str:
+    return require_tool("prometheus")

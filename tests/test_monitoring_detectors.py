@@ -14,7 +14,7 @@ from monitoring.replay import Traffic, orders, replay, windows_until_flagged
 from training.artifacts import load_artifacts
 from training.data import synthetic_series
 from training.faults import zero_head
-from training.replay import held_out_windows, traffic_for
+from training.replay import drift_scenarios, held_out_windows, traffic_for
 
 
 @pytest.fixture(scope="module")
@@ -100,30 +100,9 @@ def test_calm_stretch_is_not_collapse(artifacts, healthy, raw_windows):
     assert result.collapse_alarms == 0, result
 
 
-def _offset(feature: int, sign: float, scale: np.ndarray):
-    def shift(windows):
-        windows[..., feature] += sign * 3.0 * scale[feature]
-        return windows
-
-    return shift
-
-
-def _drift_cases(artifacts):
-    scaler = artifacts.scaler
-    cases = {
-        "x10": lambda w: w * 10.0,
-        "div10": lambda w: w / 10.0,
-        "standardized_sent_as_raw": lambda w: (w - scaler.mean_) / scaler.scale_,
-    }
-    for i, name in enumerate(artifacts.feature_names):
-        for sign in (+1.0, -1.0):
-            cases[f"offset_{'+' if sign > 0 else '-'}3std_{name}"] = _offset(i, sign, scaler.scale_)
-    return cases
-
-
 def test_input_scale_drift_is_flagged_within_256_windows(artifacts, healthy, raw_windows):
     needed = {}
-    for name, distort in _drift_cases(artifacts).items():
+    for name, distort in drift_scenarios(artifacts).items():
         faulty = traffic_for(artifacts, raw_windows, distort)
         needed[name] = windows_until_flagged(artifacts.manifest, healthy, faulty, kind="drift")
 

@@ -45,3 +45,28 @@ def traffic_for(
     forecasts, raw_output = predict_windows(artifacts.model, transform, windows)
     inputs, _ = transform.encode_windows(windows)
     return Traffic(inputs[:, -1, :].astype(np.float64), raw_output, forecasts)
+
+
+def drift_scenarios(artifacts: Artifacts) -> dict[str, Callable[[np.ndarray], np.ndarray]]:
+    """The input-scale faults the drift detector must catch, as window distortions:
+    x10, /10, already-standardized values sent as raw, and +-3 training stds on each feature."""
+    scaler = artifacts.scaler
+    cases: dict[str, Callable[[np.ndarray], np.ndarray]] = {
+        "x10": lambda w: w * 10.0,
+        "div10": lambda w: w / 10.0,
+        "standardized_sent_as_raw": lambda w: (w - scaler.mean_) / scaler.scale_,
+    }
+    for i, name in enumerate(artifacts.feature_names):
+        for sign in (+1.0, -1.0):
+            cases[f"offset_{'+' if sign > 0 else '-'}3std_{name}"] = _offset(
+                i, sign * 3.0 * float(scaler.scale_[i])
+            )
+    return cases
+
+
+def _offset(feature: int, amount: float) -> Callable[[np.ndarray], np.ndarray]:
+    def shift(windows: np.ndarray) -> np.ndarray:
+        windows[..., feature] += amount
+        return windows
+
+    return shift
