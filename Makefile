@@ -6,8 +6,8 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 ARTIFACTS ?= artifacts
 
-.PHONY: install run train serve demo test lint format proto image image-cpu container-test \
-	prometheus-rule clean
+.PHONY: install run train serve demo bench soak test lint format proto image image-cpu \
+	container-test prometheus-rule clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -44,6 +44,14 @@ format: install
 demo: install ## train if needed, then show the detectors on healthy, x10 and collapsed traffic
 	@ls $(ARTIFACTS)/*/manifest.json >/dev/null 2>&1 || $(BIN)/python -m training.train --output $(ARTIFACTS)
 	$(BIN)/python -m service.demo --artifacts $(ARTIFACTS)
+
+bench: install ## train if needed, then the side-by-side benchmark into results/ (~10 min)
+	@ls $(ARTIFACTS)/*/manifest.json >/dev/null 2>&1 || $(BIN)/python -m training.train --output $(ARTIFACTS)
+	$(BIN)/python -m benchmarks run --artifacts $(ARTIFACTS) --output-dir results
+
+soak: install ## train if needed, then 5 min of sustained load with the service's RSS sampled
+	@ls $(ARTIFACTS)/*/manifest.json >/dev/null 2>&1 || $(BIN)/python -m training.train --output $(ARTIFACTS)
+	$(BIN)/python -m benchmarks soak --artifacts $(ARTIFACTS) --output-dir results --minutes 5
 
 proto: install ## regenerate service/_proto from proto/ (a test fails when it is stale)
 	$(BIN)/python -m service.protogen

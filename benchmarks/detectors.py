@@ -19,31 +19,18 @@ import numpy as np
 from monitoring.metrics import PredictionMonitor
 from monitoring.replay import Traffic, orders, replay, windows_until_flagged
 from training.artifacts import ArtifactError, load_artifacts
-from training.data import synthetic_series
 from training.faults import zero_head
-from training.replay import drift_scenarios, held_out_windows, traffic_for
-
-
-def _flag(argv: list[str], name: str, default: str) -> str:
-    return argv[argv.index(name) + 1] if name in argv else default
+from training.replay import (
+    NotSyntheticError,
+    drift_scenarios,
+    manifest_held_out_windows,
+    traffic_for,
+)
 
 
 def measure(artifacts_path: Path, windows_per_order: int, scratch: Path) -> dict:
     artifacts = load_artifacts(artifacts_path)
-    argv = artifacts.manifest["training"]["argv"]
-    if "--data" in argv:
-        raise SystemExit(
-            "this benchmark replays the built-in synthetic series; the version "
-            "was trained on --data"
-        )
-    series = synthetic_series(int(_flag(argv, "--synthetic-steps", "6000")))
-    raw = held_out_windows(
-        series,
-        window=artifacts.window,
-        horizon=artifacts.horizon,
-        val_fraction=float(_flag(argv, "--val-fraction", "0.15")),
-        test_fraction=float(_flag(argv, "--test-fraction", "0.15")),
-    )
+    raw = manifest_held_out_windows(artifacts.manifest)
     healthy = traffic_for(artifacts, raw)
     manifest = artifacts.manifest
     out: dict = {"version": artifacts.version, "held_out_windows": len(raw)}
@@ -119,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with tempfile.TemporaryDirectory() as scratch:
             figures = measure(args.artifacts, args.windows, Path(scratch))
-    except ArtifactError as exc:
+    except (ArtifactError, NotSyntheticError) as exc:
         print(f"python -m benchmarks.detectors: error: {exc}", file=sys.stderr)
         return 2
     args.json.parent.mkdir(parents=True, exist_ok=True)

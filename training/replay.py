@@ -9,7 +9,7 @@ import numpy as np
 
 from monitoring.replay import Traffic
 from training.artifacts import Artifacts
-from training.data import Series
+from training.data import Series, synthetic_series
 from training.predict import predict_windows
 from training.prepare import prepare
 from training.transform import sliding_windows, window_ends
@@ -31,6 +31,35 @@ def held_out_windows(
         values = prepared.splits[name]
         parts.append(sliding_windows(values, window, window_ends(len(values), window, horizon)))
     return np.concatenate(parts)
+
+
+class NotSyntheticError(ValueError):
+    """The version was trained on ``--data``, so its held-out windows cannot be rebuilt here."""
+
+
+def manifest_held_out_windows(manifest: dict) -> np.ndarray:
+    """The held-out raw windows of a version trained on the built-in synthetic series.
+
+    The series is rebuilt with the training flags recorded in the manifest, so these are
+    windows the model never trained on.
+    """
+    argv = list(manifest.get("training", {}).get("argv", []))
+    if "--data" in argv:
+        raise NotSyntheticError(
+            "this version was trained on --data; replays use the built-in synthetic series, "
+            "so train one with `make train`"
+        )
+
+    def flag(name: str, default: str) -> str:
+        return argv[argv.index(name) + 1] if name in argv else default
+
+    return held_out_windows(
+        synthetic_series(int(flag("--synthetic-steps", "6000"))),
+        window=int(manifest["window"]),
+        horizon=int(manifest["horizon"]),
+        val_fraction=float(flag("--val-fraction", "0.15")),
+        test_fraction=float(flag("--test-fraction", "0.15")),
+    )
 
 
 def traffic_for(

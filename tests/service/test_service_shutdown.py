@@ -53,7 +53,13 @@ def wait_until_new_rpcs_refused(target: str, timeout: float) -> grpc.StatusCode:
             try:
                 stub.GetModelInfo(pb.GetModelInfoRequest(), timeout=5)
             except grpc.RpcError as error:
-                if error.code() != grpc.StatusCode.DEADLINE_EXCEEDED:  # a busy, not a refusal
+                # DEADLINE_EXCEEDED: a busy server, not a refusal. CANCELLED: the call reached
+                # the server in the instant its shutdown began and was dropped unmatched (seen
+                # once in CI); the next attempt meets the closed listener.
+                if error.code() not in (
+                    grpc.StatusCode.DEADLINE_EXCEEDED,
+                    grpc.StatusCode.CANCELLED,
+                ):
                     return error.code()
         time.sleep(0.02)
     raise AssertionError(f"new RPCs were still accepted {timeout}s after SIGTERM")

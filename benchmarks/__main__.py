@@ -1,0 +1,321 @@
+"""``python -m benchmarks``: the service against its ceilings and the naive server, in one run.
+
+    python -m benchmarks [run] [--duration 5 --warmup 2 --processes 4 ...]
+    python -m benchmarks soak --minutes 5
+    python -m benchmarks report          # rebuild bench.md/.png and the targets from the JSON
+
+``run`` (the default) measures, side by side on this machine: the in-process model ceiling,
+a bare gRPC echo server (transport ceiling), a naive model.predict-per-request server, and the
+service with monitoring on and off, under the same client load (several client processes,
+grpc.aio, a concurrency sweep per mode). It writes bench.json, bench.md and bench.png.
+``soak`` loads the service for minutes and checks its RSS stays flat (soak.json/.md/.png).
+``report`` rebuilds bench.md, bench.png and the targets from bench.json and soak.json (run it
+after a soak that followed the comparison run, so the memory target is filled in).
+
+Exit codes: 0 when the measurements were taken (whether targets are met or not; see the
+report); 2 for bad flags or a missing/unusable trained model (one line on stderr).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+PROG = "python -m benchmarks"
+
+DEFAULT_SWEEPS = {
+    "unary": "1,8,32,128",
+    "batch64": "1,4,16",
+    "batch256": "1,4,16",
+    "stream": "1,8,32,128",
+}
+
+
+def _ints(text: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated integers, got {text!r}"
+        ) from None
+    if not values or min(values) < 0:
+        raise argparse.ArgumentTypeError(f"expected non-negative integers, got {text!r}")
+    return values
+
+
+def _levels(text: str) -> tuple[int, ...]:
+    values = _ints(text)
+    if min(values) < 1:
+        raise argparse.ArgumentTypeError("concurrency levels must be >= 1")
+    return tuple(sorted(set(values)))
+
+
+def _modes(text: str) -> tuple[str, ...]:
+    names = tuple(m.strip() for m in text.split(",") if m.strip())
+    unknown = [m for m in names if m not in DEFAULT_SWEEPS]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(
+            f"unknown mode(s) {', '.join(unknown) or '(none)'}; choose from "
+            + ", ".join(DEFAULT_SWEEPS)
+        )
+    return names
+
+
+def _positive(kind):
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"must be > 0, got {text!r}")
+        return value
+
+    parse.__name__ = kind.__name__
+    return parse
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(2, f"{PROG}: error: {message}\n")
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--artifacts", type=Path, default=Path("artifacts"),
+                        help="trained version directory, or base directory (newest version)")
+    parser.add_argument("--output-dir", type=Path, default=Path("results"),
+                        help="where the JSON, markdown, PNG and server logs go")
+    parser.add_argument("--device", choices=("cpu", "gpu"), default="cpu",
+                        help="cpu hides every GPU from the servers and the model ceiling "
+                        "(CUDA_VISIBLE_DEVICES=''); gpu leaves them visible. The report "
+                        "states the device each server actually used")
+    parser.add_argument("--timeout", type=_positive(float), default=30.0,
+                        help="per-call deadline, seconds (a call past it is an error)")
+    parser.add_argument("--stream-depth", type=_positive(int), default=8,
+                        help="StreamForecast messages in flight per stream (concurrency in "
+                        "stream mode counts messages in flight, spread over streams)")
+    parser.add_argument("--server-cpus", type=_ints, default=None,
+                        help="pin the servers and the model ceiling to these CPUs, e.g. 0 "
+                        "(unset: no pinning)")
+    parser.add_argument("--client-cpus", type=_ints, default=None,
+                        help="pin the client processes to these CPUs, e.g. 1 "
+                        "(unset: no pinning)")
+    parser.add_argument("--batch-buckets", type=_levels, default=None,
+                        help="the service's --batch-buckets, also used by the model ceiling "
+                        "(unset: the service's own default)")
+    parser.add_argument("--max-batch-size", type=_positive(int), default=None,
+                        help="the service's --max-batch-size (unset: the service's own default)")
+    parser.add_argument("--log-level", default="WARNING",
+                        choices=("DEBUG", "INFO", "WARNING", "ERROR"), help="logging level")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog=PROG,
+                     description="Measure the forecast service against its ceilings and the "
+                     "naive server, side by side in one run.",
+                     formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                     epilog="`python -m benchmarks run --help` and `... soak --help` list "
+                     "every flag.")
+    sub = parser.add_subparsers(dest="command", metavar="{run,soak,report}")
+    run = sub.add_parser(
+        "run", help="the side-by-side comparison (the default command)",
+        description="Measure the model ceiling, the transport ceiling, the naive server and "
+        "the service (monitoring on and off) in one run, under the same client load.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    _common(run)
+    run.add_argument("--duration", type=_positive(float), default=5.0,
+                     help="measured seconds per point (and per model-ceiling batch size)")
+    run.add_argument("--warmup", type=float, default=2.0,
+                     help="seconds of load before each measurement, excluded from the figures")
+    run.add_argument("--processes", type=_positive(int), default=4,
+                     help="client processes (one Python process tops out near 1,500 unary "
+                     "calls/s, so several are needed)")
+    run.add_argument("--modes", type=_modes, default=",".join(DEFAULT_SWEEPS),
+                     help="modes to measure: " + ", ".join(DEFAULT_SWEEPS))
+    run.add_argument("--concurrency", type=_levels, default=None,
+                     help="one sweep (requests in flight over all client processes) for every "
+                     "mode without its own flag below (unset: each mode's default)")
+    for mode, levels in DEFAULT_SWEEPS.items():
+        run.add_argument(f"--{mode}-concurrency", type=_levels, default=None,
+                         help=f"concurrency sweep of {mode} (unset: --concurrency, else {levels})")
+    run.add_argument("--settle", type=float, default=0.5,
+                     help="idle seconds before each point (lets cancelled work drain)")
+    run.add_argument("--naive-workers", type=_positive(int), default=10,
+                     help="thread-pool size of the naive server")
+    soak = sub.add_parser(
+        "soak", help="sustained load on the service, RSS sampled (memory flatness)",
+        description="Load the service (monitoring on) for --minutes after --warmup and sample "
+        "its RSS from /proc every --sample-seconds.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    _common(soak)
+    soak.add_argument("--minutes", type=_positive(float), default=5.0,
+                      help="measured minutes of sustained load, after the warm-up")
+    soak.add_argument("--warmup", type=float, default=60.0,
+                      help="seconds of load before the first RSS sample that counts")
+    soak.add_argument("--sample-seconds", type=_positive(float), default=5.0,
+                      help="RSS sampling (and /metrics scrape) interval")
+    soak.add_argument("--processes", type=_positive(int), default=3,
+                      help="client processes, each running one mode of --modes (round robin)")
+    soak.add_argument("--modes", type=_modes, default="unary,stream,batch64",
+                      help="client modes, assigned to processes in turn")
+    soak.add_argument("--concurrency", type=_positive(int), default=16,
+                      help="requests in flight per client process")
+    report = sub.add_parser(
+        "report", help="rebuild the markdown, plot and targets from the JSON results",
+        description="Read bench.json (and soak.json when present) in --output-dir and rewrite "
+        "bench.json's targets, bench.md and bench.png. Measures nothing.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    report.add_argument("--output-dir", type=Path, default=Path("results"),
+                        help="where bench.json and soak.json are")
+    report.add_argument("--log-level", default="WARNING",
+                        choices=("DEBUG", "INFO", "WARNING", "ERROR"), help="logging level")
+    return parser
+
+
+def _parse(argv: list[str]) -> argparse.Namespace:
+    if not argv or argv[0] not in ("run", "soak", "report", "-h", "--help"):
+        argv = ["run", *argv]
+    return build_parser().parse_args(argv)
+
+
+def _check_artifacts(path: Path) -> str | None:
+    """A one-line problem with the trained model, or None."""
+    from benchmarks.workload import model_shape
+    from training.artifacts import ArtifactError, list_versions
+
+    if not path.exists() or (not (path / "manifest.json").is_file() and not list_versions(path)):
+        return f"no trained model in {path}/; run `make train` first"
+    try:
+        model_shape(path)  # resolves the version and verifies its checksums
+    except ArtifactError as exc:
+        return str(exc)
+    return None
+
+
+def _write_run(results: dict, output_dir: Path) -> list[Path]:
+    from benchmarks import report
+
+    soak_path = output_dir / "soak.json"
+    soak = json.loads(soak_path.read_text()) if soak_path.is_file() else None
+    results["targets"] = report.targets(results, soak)
+    paths = [output_dir / "bench.json", output_dir / "bench.md", output_dir / "bench.png"]
+    paths[0].write_text(json.dumps(results, indent=2) + "\n")
+    paths[1].write_text(report.markdown(results))
+    report.plot(results, paths[2])
+    return paths
+
+
+def _run(args: argparse.Namespace) -> int:
+    from benchmarks.run import RunConfig, run
+
+    sweeps = {
+        m: getattr(args, f"{m}_concurrency") or args.concurrency or _levels(DEFAULT_SWEEPS[m])
+        for m in args.modes
+    }
+    config = RunConfig(
+        artifacts=args.artifacts, output_dir=args.output_dir, device=args.device,
+        duration=args.duration, warmup=args.warmup, processes=args.processes, sweeps=sweeps,
+        stream_depth=args.stream_depth, timeout=args.timeout, settle=args.settle,
+        naive_workers=args.naive_workers, server_cpus=args.server_cpus,
+        client_cpus=args.client_cpus, batch_buckets=args.batch_buckets,
+        max_batch_size=args.max_batch_size,
+    )
+    points = sum(len(v) for v in sweeps.values()) * 4
+    per_point = args.warmup + args.duration + args.settle + 0.7
+    print(f"{points} points x ~{per_point:.1f} s + start-up: about "
+          f"{(points * per_point + 90) / 60:.0f} min", file=sys.stderr)
+    results = run(config, progress=lambda line: print(line, file=sys.stderr, flush=True))
+    paths = _write_run(results, args.output_dir)
+    _warn_device(args.device, results["devices"])
+    from benchmarks.report import targets_table
+
+    print(targets_table(results["targets"]))
+    print("\nwrote " + ", ".join(map(str, paths)))
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    path = args.output_dir / "bench.json"
+    try:
+        results = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        print(f"{PROG}: error: cannot read {path}: {exc}; run `{PROG} run` first",
+              file=sys.stderr)
+        return 2
+    paths = _write_run(results, args.output_dir)
+    from benchmarks.report import targets_table
+
+    print(targets_table(results["targets"]))
+    print("\nwrote " + ", ".join(map(str, paths)))
+    return 0
+
+
+def _soak(args: argparse.Namespace) -> int:
+    from benchmarks import soak
+    from benchmarks.servers import batching_flags
+
+    config = soak.SoakConfig(
+        artifacts=args.artifacts, output_dir=args.output_dir, device=args.device,
+        minutes=args.minutes, warmup=args.warmup, sample_seconds=args.sample_seconds,
+        processes=args.processes, modes=args.modes, concurrency=args.concurrency,
+        stream_depth=args.stream_depth, timeout=args.timeout, server_cpus=args.server_cpus,
+        client_cpus=args.client_cpus,
+        service_flags=batching_flags(args.batch_buckets, args.max_batch_size),
+    )
+    results = soak.run_soak(config, progress=lambda line: print(line, file=sys.stderr,
+                                                                 flush=True))
+    paths = [args.output_dir / "soak.json", args.output_dir / "soak.md",
+             args.output_dir / "soak.png"]
+    paths[0].write_text(json.dumps(results, indent=2) + "\n")
+    paths[1].write_text(soak.markdown(results))
+    soak.plot(results, paths[2])
+    _warn_device(args.device, {"service": results["device"]})
+    print(soak.markdown(results))
+    print("wrote " + ", ".join(map(str, paths)))
+    return 0
+
+
+def _warn_device(requested: str, devices: dict[str, str]) -> None:
+    wrong = {k: v for k, v in devices.items() if v not in (requested.upper(), "none")}
+    if wrong:
+        print(f"{PROG}: warning: --device {requested} but " + ", ".join(
+            f"{k} ran on {v}" for k, v in wrong.items()), file=sys.stderr)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parse(list(sys.argv[1:] if argv is None else argv))
+    logging.basicConfig(level=args.log_level,
+                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    if args.command == "report":
+        return _report(args)
+    if args.server_cpus is not None or args.client_cpus is not None:
+        import os
+
+        usable = os.sched_getaffinity(0)
+        for flag, cpus in (("--server-cpus", args.server_cpus),
+                           ("--client-cpus", args.client_cpus)):
+            if cpus is not None and not set(cpus) <= usable:
+                print(f"{PROG}: error: {flag} {cpus} not within usable CPUs {sorted(usable)}",
+                      file=sys.stderr)
+                return 2
+    problem = _check_artifacts(args.artifacts)
+    if problem is not None:
+        print(f"{PROG}: error: {problem}", file=sys.stderr)
+        return 2
+    from benchmarks.workload import WorkloadError
+
+    try:
+        return _run(args) if args.command == "run" else _soak(args)
+    except WorkloadError as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,220 @@
+"""One comparison run: the model ceiling and every server under the same load, side by side.
+
+Order of work:
+
+1. The model ceiling process (``benchmarks.model_ceiling --serve``), the four servers and the
+   client processes start in parallel; the run waits until the ceiling has compiled its buckets
+   and every server reports SERVING.
+2. For each mode: the model ceiling is measured at that mode's batch size (servers and clients
+   idle), then, for each concurrency level, the four servers are measured back to back (the
+   order rotates from point to point). Drift in the load of a shared machine thus hits every
+   system alike, and each ratio compares near-simultaneous measurements. After each point the
+   run waits until the server just measured is idle again. Idle servers sit on their sockets.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from benchmarks.load import ClientPool, PointResult
+from benchmarks.machine import machine_info
+from benchmarks.model_ceiling import CeilingProcess
+from benchmarks.servers import ServerProcess, batching_flags, server_env, systems
+from benchmarks.stats import per_second_cv, summarize
+from benchmarks.workload import MODES, held_out, model_shape
+
+SCHEMA = "forecast-bench/1"
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    artifacts: Path
+    output_dir: Path
+    device: str
+    duration: float
+    warmup: float
+    processes: int
+    sweeps: dict[str, tuple[int, ...]]
+    stream_depth: int
+    timeout: float
+    settle: float
+    naive_workers: int
+    server_cpus: tuple[int, ...] | None
+    client_cpus: tuple[int, ...] | None
+    batch_buckets: tuple[int, ...] | None = None  # None: the service's defaults
+    max_batch_size: int | None = None
+
+    def service_flags(self) -> tuple[str, ...]:
+        """Batching flags passed to the service (the model ceiling uses the same buckets)."""
+        return batching_flags(self.batch_buckets, self.max_batch_size)
+
+
+def _sleep_until(wall_clock: float) -> None:
+    time.sleep(max(0.0, wall_clock - time.time()))
+
+
+def measure_point(
+    pool: ClientPool, server: ServerProcess, mode: str, concurrency: int, config: RunConfig
+) -> dict:
+    """Load ``server`` for warm-up + duration; the figures of the measured window."""
+    start_at, processes, lanes = pool.start(
+        server.target, mode, concurrency, warmup=config.warmup, duration=config.duration,
+        timeout=config.timeout, stream_depth=config.stream_depth,
+    )
+    _sleep_until(start_at + config.warmup)
+    cpu_start, metrics_start = server.cpu_seconds(), server.scrape()
+    _sleep_until(start_at + config.warmup + config.duration)
+    cpu_end, metrics_end = server.cpu_seconds(), server.scrape()
+    rss = server.rss_bytes()
+    result: PointResult = pool.collect(processes, lanes)
+    idle_wait = server.wait_idle()
+    figures = summarize(
+        result.latencies,
+        windows_per_request=MODES[mode].windows_per_request,
+        seconds=config.duration,
+        errors=sum(result.errors.values()),
+    )
+    calls = metrics_end.get("forecast_batch_size_count", 0) - metrics_start.get(
+        "forecast_batch_size_count", 0
+    )
+    batched = metrics_end.get("forecast_batch_size_sum", 0) - metrics_start.get(
+        "forecast_batch_size_sum", 0
+    )
+    return {
+        "concurrency": concurrency,
+        "client_processes": processes,
+        "lanes": lanes,
+        **figures,
+        "error_codes": result.errors,
+        "requests_per_s_cv": per_second_cv(result.completions, config.duration),
+        "client_cpu_cores": result.client_cpu_seconds / config.duration,
+        "server_cpu_cores": (cpu_end - cpu_start) / config.duration,
+        "server_rss_mib": rss / 2**20,
+        "mean_model_batch": (batched / calls) if calls else None,
+        "seconds_until_server_idle": idle_wait,
+    }
+
+
+def run(config: RunConfig, *, progress=print) -> dict:
+    version_dir, shape, manifest = model_shape(config.artifacts)
+    windows = held_out(manifest)
+    config.output_dir.mkdir(parents=True, exist_ok=True)
+    machine = machine_info()
+    started = time.time()
+
+    from service.config import Settings
+
+    largest = config.max_batch_size or Settings().max_batch_size
+    # Each batch size is measured just before the first mode compared with it; the unary modes
+    # also get the largest bucket, the batch the service forms under single-window load.
+    ceiling_sizes = {}
+    for mode in config.sweeps:
+        size = MODES[mode].windows_per_request
+        wanted = (size, largest) if size == 1 else (size,)
+        ceiling_sizes[mode] = [s for s in wanted
+                               if s not in {x for v in ceiling_sizes.values() for x in v}]
+
+    results: dict = {
+        "schema": SCHEMA,
+        "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
+        "machine": machine,
+        "config": {
+            **{k: v for k, v in asdict(config).items() if k not in ("artifacts", "output_dir")},
+            "artifacts": str(version_dir),
+            "sweeps": {m: list(levels) for m, levels in config.sweeps.items()},
+            "service_flags": list(config.service_flags()),
+            "modes": {m: MODES[m].label for m in config.sweeps},
+            "pinning": "none (the OS schedules clients and servers over every core)"
+            if config.server_cpus is None
+            else f"servers and model ceiling on CPUs {list(config.server_cpus)}, "
+            f"clients on {list(config.client_cpus or [])}",
+        },
+        "model": {
+            "version": shape.version,
+            "window": shape.window,
+            "horizon": shape.horizon,
+            "features": list(shape.feature_names),
+            "held_out_windows": len(windows),
+        },
+        "model_ceiling": {"by_batch_size": {}},
+        "devices": {},
+        "systems": {},
+    }
+    logs = config.output_dir / "logs"
+    logs.mkdir(exist_ok=True)
+    buckets = ("--buckets", ",".join(map(str, config.batch_buckets))) if config.batch_buckets \
+        else ()
+    with contextlib.ExitStack() as stack:
+        ceiling = stack.enter_context(CeilingProcess(
+            ["--artifacts", str(version_dir), "--warmup", str(config.warmup),
+             "--duration", str(config.duration), *buckets],
+            env=server_env(config.device), log_path=logs / "model_ceiling.log",
+            cpus=config.server_cpus,
+        ))
+        servers = [
+            stack.enter_context(
+                ServerProcess(system, logs / f"{system.name}.log",
+                              env=server_env(config.device), cpus=config.server_cpus)
+            )
+            for system in systems(version_dir, naive_workers=config.naive_workers,
+                                  service_flags=config.service_flags())
+        ]
+        progress("starting the model ceiling, " + ", ".join(s.system.name for s in servers)
+                 + f" and {config.processes} client processes (in parallel) ...")
+        pool = stack.enter_context(
+            ClientPool(config.processes, windows, shape.horizon, cpus=config.client_cpus)
+        )
+        info = ceiling.wait_ready()
+        results["devices"]["model_ceiling"] = info["device"]
+        results["model_ceiling"].update(info)
+        results["config"]["model_ceiling_buckets"] = info["buckets"]
+        for server in servers:  # each must report SERVING (the service: after its warm-up)
+            server.wait_ready()
+            system = server.system
+            results["devices"][system.name] = server.device
+            results["systems"][system.name] = {
+                "label": system.label,
+                "startup_rss_mib": server.rss_bytes() / 2**20,
+                "modes": {mode: [] for mode in config.sweeps},
+            }
+        k = 0
+        for mode, levels in config.sweeps.items():
+            for size in ceiling_sizes[mode]:
+                figures = ceiling.measure(size)  # servers and clients idle meanwhile
+                results["model_ceiling"]["by_batch_size"][str(size)] = figures
+                progress(f"  model ceiling, batch {size:>3}: {figures['windows_per_s']:,.0f} "
+                         f"windows/s, p50 {figures['p50_ms']:.2f} ms")
+            for concurrency in levels:
+                order = servers[k % len(servers):] + servers[: k % len(servers)]
+                k += 1
+                for server in order:
+                    time.sleep(config.settle)
+                    point = measure_point(pool, server, mode, concurrency, config)
+                    results["systems"][server.system.name]["modes"][mode].append(point)
+                    progress(_progress_line(server.system.name, mode, point))
+        for server in servers:
+            results["systems"][server.system.name]["final_rss_mib"] = server.rss_bytes() / 2**20
+    for name in results["systems"]:
+        results["systems"][name]["modes"] = {
+            mode: sorted(points, key=lambda p: p["concurrency"])
+            for mode, points in results["systems"][name]["modes"].items()
+        }
+    results["machine"]["load_average_1m_at_end"] = round(os.getloadavg()[0], 2)
+    results["wall_seconds"] = round(time.time() - started, 1)
+    return results
+
+
+def _progress_line(system: str, mode: str, point: dict) -> str:
+    p50 = point["p50_ms"]
+    p99 = point["p99_ms"]
+    lat = f"p50 {p50:7.2f} ms  p99 {p99:7.2f} ms" if p50 is not None else "no successful call"
+    return (
+        f"  {mode:<8} c={point['concurrency']:<4} {system:<22} "
+        f"{point['requests_per_s']:9,.0f} req/s {point['windows_per_s']:9,.0f} win/s  {lat}  "
+        f"err {point['errors']}  cpu server {point['server_cpu_cores']:.2f} "
+        f"clients {point['client_cpu_cores']:.2f}"
+    )
