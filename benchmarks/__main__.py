@@ -127,9 +127,9 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     _common(run)
-    run.add_argument("--duration", type=_positive(float), default=5.0,
+    run.add_argument("--duration", type=_positive(float), default=3.0,
                      help="measured seconds per point (and per model-ceiling batch size)")
-    run.add_argument("--warmup", type=float, default=2.0,
+    run.add_argument("--warmup", type=float, default=1.0,
                      help="seconds of load before each measurement, excluded from the figures")
     run.add_argument("--processes", type=_positive(int), default=4,
                      help="client processes (one Python process tops out near 1,500 unary "
@@ -142,6 +142,9 @@ def build_parser() -> argparse.ArgumentParser:
     for mode, levels in DEFAULT_SWEEPS.items():
         run.add_argument(f"--{mode}-concurrency", type=_levels, default=None,
                          help=f"concurrency sweep of {mode} (unset: --concurrency, else {levels})")
+    run.add_argument("--repeats", type=_positive(int), default=3,
+                     help="rounds per point, each over every system in rotated order; the "
+                     "round with the median throughput is reported (all rounds are kept)")
     run.add_argument("--settle", type=float, default=0.5,
                      help="idle seconds before each point (lets cancelled work drain)")
     run.add_argument("--naive-workers", type=_positive(int), default=10,
@@ -222,11 +225,12 @@ def _run(args: argparse.Namespace) -> int:
         artifacts=args.artifacts, output_dir=args.output_dir, device=args.device,
         duration=args.duration, warmup=args.warmup, processes=args.processes, sweeps=sweeps,
         stream_depth=args.stream_depth, timeout=args.timeout, settle=args.settle,
+        repeats=args.repeats,
         naive_workers=args.naive_workers, server_cpus=args.server_cpus,
         client_cpus=args.client_cpus, batch_buckets=args.batch_buckets,
         max_batch_size=args.max_batch_size,
     )
-    points = sum(len(v) for v in sweeps.values()) * 4
+    points = sum(len(v) for v in sweeps.values()) * 4 * args.repeats
     per_point = args.warmup + args.duration + args.settle + 0.7
     print(f"{points} points x ~{per_point:.1f} s + start-up: about "
           f"{(points * per_point + 90) / 60:.0f} min", file=sys.stderr)

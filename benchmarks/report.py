@@ -232,7 +232,8 @@ def markdown(results: dict) -> str:
         f"Model {results['model']['version']} (window {results['model']['window']}, horizon "
         f"{results['model']['horizon']}, {len(results['model']['features'])} features), "
         f"{results['model']['held_out_windows']} held-out windows as payloads. "
-        f"{c['duration']:g} s measured per point after {c['warmup']:g} s warm-up; "
+        f"{c['duration']:g} s measured per point after {c['warmup']:g} s warm-up, "
+        f"{c.get('repeats', 1)} rounds per point in rotated order (the median round is shown); "
         f"{c['processes']} client processes; stream depth {c['stream_depth']}; device "
         f"requested: {c['device']}; pinning: {c['pinning']}. Wall time "
         f"{results['wall_seconds']:.0f} s.",

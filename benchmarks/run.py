@@ -7,9 +7,11 @@ Order of work:
    and every server reports SERVING.
 2. For each mode: the model ceiling is measured at that mode's batch size (servers and clients
    idle), then, for each concurrency level, the four servers are measured back to back (the
-   order rotates from point to point). Drift in the load of a shared machine thus hits every
-   system alike, and each ratio compares near-simultaneous measurements. After each point the
-   run waits until the server just measured is idle again. Idle servers sit on their sockets.
+   order rotates from round to round), ``repeats`` rounds in all; each system's round with the
+   median throughput is reported, and every round's throughput is kept beside it. Drift in the
+   load of a shared machine thus hits every system alike, and each ratio compares
+   near-simultaneous measurements. After each point the run waits until the server just
+   measured is idle again. Idle servers sit on their sockets.
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ class RunConfig:
     client_cpus: tuple[int, ...] | None
     batch_buckets: tuple[int, ...] | None = None  # None: the service's defaults
     max_batch_size: int | None = None
+    repeats: int = 1
 
     def service_flags(self) -> tuple[str, ...]:
         """Batching flags passed to the service (the model ceiling uses the same buckets)."""
@@ -97,6 +100,16 @@ def measure_point(
         "mean_model_batch": (batched / calls) if calls else None,
         "seconds_until_server_idle": idle_wait,
     }
+
+
+def median_round(points: list[dict]) -> dict:
+    """The round with the median throughput (the lower middle one for an even count), with
+    every round's throughput beside it, so the spread of the repeats stays visible."""
+    ranked = sorted(points, key=lambda p: p["windows_per_s"])
+    chosen = dict(ranked[(len(ranked) - 1) // 2])
+    chosen["rounds_requests_per_s"] = [p["requests_per_s"] for p in points]
+    chosen["rounds"] = len(points)
+    return chosen
 
 
 def run(config: RunConfig, *, progress=print) -> dict:
@@ -189,13 +202,17 @@ def run(config: RunConfig, *, progress=print) -> dict:
                 progress(f"  model ceiling, batch {size:>3}: {figures['windows_per_s']:,.0f} "
                          f"windows/s, p50 {figures['p50_ms']:.2f} ms")
             for concurrency in levels:
-                order = servers[k % len(servers):] + servers[: k % len(servers)]
-                k += 1
-                for server in order:
-                    time.sleep(config.settle)
-                    point = measure_point(pool, server, mode, concurrency, config)
-                    results["systems"][server.system.name]["modes"][mode].append(point)
-                    progress(_progress_line(server.system.name, mode, point))
+                rounds: dict[str, list[dict]] = {s.system.name: [] for s in servers}
+                for _ in range(config.repeats):
+                    order = servers[k % len(servers):] + servers[: k % len(servers)]
+                    k += 1
+                    for server in order:
+                        time.sleep(config.settle)
+                        point = measure_point(pool, server, mode, concurrency, config)
+                        rounds[server.system.name].append(point)
+                        progress(_progress_line(server.system.name, mode, point))
+                for name, points in rounds.items():
+                    results["systems"][name]["modes"][mode].append(median_round(points))
         for server in servers:
             results["systems"][server.system.name]["final_rss_mib"] = server.rss_bytes() / 2**20
     for name in results["systems"]:

@@ -16,6 +16,7 @@ import pytest
 
 from benchmarks.__main__ import main
 from benchmarks.load import plan
+from benchmarks.run import median_round
 from benchmarks.soak import rss_figures
 from benchmarks.stats import FIGURE_KEYS
 from benchmarks.workload import MODES
@@ -56,7 +57,7 @@ def bench_dir(trained_version: Path, tmp_path_factory: pytest.TempPathFactory) -
         "run", "--artifacts", str(trained_version), "--output-dir", str(output),
         "--duration", "1", "--warmup", "0.5", "--settle", "0", "--concurrency", "2",
         "--unary-concurrency", "1,2",
-        "--processes", "2", *TINY_BATCHING,
+        "--processes", "2", "--repeats", "2", *TINY_BATCHING,
     )
     assert done.returncode == 0, done.stderr[-3000:]
     return output
@@ -77,6 +78,8 @@ def test_bench_json_has_every_system_mode_and_figure(bench_dir: Path):
                 assert point["requests"] > 0, (name, mode)
                 assert point["errors"] == 0, (name, mode, point["error_codes"])
                 assert _finite(point["server_cpu_cores"]) and _finite(point["server_rss_mib"])
+                assert point["rounds"] == 2 and len(point["rounds_requests_per_s"]) == 2
+                assert point["requests_per_s"] in point["rounds_requests_per_s"]
     ceiling = results["model_ceiling"]["by_batch_size"]
     assert {"1", "64", "256"} <= set(ceiling)
     for figures in ceiling.values():
@@ -146,6 +149,14 @@ def test_plan_spreads_in_flight_requests_over_processes():
     assert plan("stream", 32, 4, 8) == [(8,), (8,), (8,), (8,)]
     assert plan("stream", 2, 4, 8) == [(1,), (1,)]
     assert sum(sum(lanes) for lanes in plan("stream", 128, 3, 8)) == 128
+
+
+def test_median_round_is_the_middle_throughput_and_keeps_every_round():
+    rounds = [{"windows_per_s": w, "requests_per_s": w} for w in (30.0, 10.0, 20.0)]
+    chosen = median_round(rounds)
+    assert chosen["windows_per_s"] == 20.0 and chosen["rounds"] == 3
+    assert chosen["rounds_requests_per_s"] == [30.0, 10.0, 20.0]
+    assert median_round(rounds[:2])["windows_per_s"] == 10.0  # even count: the lower middle
 
 
 def test_rss_figures_use_only_samples_after_warmup():
