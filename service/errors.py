@@ -76,7 +76,6 @@ async def _checked(request_iterator):
 
 
 Recorder = Callable[[str, grpc.StatusCode, float], None]
-MAX_CACHED_HANDLERS = 256
 
 
 def _short_method(full: str) -> str:
@@ -88,23 +87,12 @@ class StatusInterceptor(grpc.aio.ServerInterceptor):
 
     def __init__(self, record: Recorder | None = None):
         self._record = record or (lambda method, code, seconds: None)
-        # Wrapped handlers by (method, original handler): built once per method, not per RPC.
-        self._wrapped: dict[tuple[str, grpc.RpcMethodHandler], grpc.RpcMethodHandler] = {}
 
     async def intercept_service(self, continuation, handler_call_details):
         handler = await continuation(handler_call_details)
         if handler is None:
             return None
-        key = (handler_call_details.method, handler)
-        wrapped = self._wrapped.get(key)
-        if wrapped is None:
-            wrapped = self._wrap(handler, handler_call_details.method)
-            if len(self._wrapped) < MAX_CACHED_HANDLERS:  # registered methods: a fixed set
-                self._wrapped[key] = wrapped
-        return wrapped
-
-    def _wrap(self, handler: grpc.RpcMethodHandler, full_method: str) -> grpc.RpcMethodHandler:
-        method = _short_method(full_method)
+        method = _short_method(handler_call_details.method)
         kwargs = {
             "request_deserializer": _lenient(handler.request_deserializer),
             "response_serializer": handler.response_serializer,
