@@ -22,6 +22,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from benchmarks.workload import model_shape
+from service.announce import GRPC_LISTENING
 from service.api import SERVICE_NAME, pb, pb_grpc
 from training.artifacts import ArtifactError
 
@@ -74,7 +75,7 @@ async def serve(address: str, servicer: EchoServicer) -> int:
     await server.start()
     for name in ("", SERVICE_NAME):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    log.info("gRPC listening on %s (port %d, plaintext), echo server", address, port)
+    log.info(GRPC_LISTENING + ", echo server", address, port, "plaintext")
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -23,6 +23,7 @@ import grpc
 import numpy as np
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from service.announce import GRPC_LISTENING
 from service.api import SERVICE_NAME, pb, pb_grpc
 
 PROG = "python -m benchmarks.naive_server"
@@ -88,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{PROG}: error: cannot bind gRPC address {args.address}", file=sys.stderr)
         return 2
     server.start()
-    log.info("gRPC listening on %s (port %d, plaintext), naive server", args.address, port)
+    log.info(GRPC_LISTENING + ", naive server", args.address, port, "plaintext")
     # Warm up the shapes the benchmark sends, as a careful user would before taking traffic.
     warm = np.zeros((256, artifacts.window, len(artifacts.feature_names)), np.float32)
     for n in (1, 64, 256):

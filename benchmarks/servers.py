@@ -21,9 +21,9 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from service import announce
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
-PORT_LINE = re.compile(r"gRPC listening on \S+ \(port (\d+)")
-METRICS_LINE = re.compile(r"Prometheus metrics on http://\S+?:(\d+)/metrics")
 DEVICE_LINE = re.compile(r"device: (CPU|GPU)")
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -119,14 +119,14 @@ class ServerProcess:
     def wait_ready(self) -> ServerProcess:
         """Block until the port is logged and health reports SERVING (closes it on failure)."""
         try:
-            self.port = int(self._wait_for(PORT_LINE, self._timeout).group(1))
+            self.port = int(self._wait_for(announce.GRPC_PORT, self._timeout).group(1))
             self.target = f"127.0.0.1:{self.port}"
             self._wait_until_serving(self._timeout)
         except BaseException:
             self.close()
             raise
-        match = METRICS_LINE.search(self.log())
-        self.metrics_url = f"http://127.0.0.1:{match.group(1)}/metrics" if match else None
+        port = announce.metrics_port(self.log())
+        self.metrics_url = f"http://127.0.0.1:{port}/metrics" if port else None
         return self
 
     @property

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -25,6 +24,7 @@ from pathlib import Path
 import numpy as np
 from prometheus_client.parser import text_string_to_metric_families
 
+from service import announce
 from service.client import ForecastClient
 from training.artifacts import ArtifactError, load_artifacts
 from training.data import synthetic_series
@@ -76,13 +76,11 @@ class ServiceProcess:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             text = Path(self._log.name).read_text()
-            grpc_match = re.search(r"gRPC listening on .*\(port (\d+)", text)
-            metrics_match = re.search(r"Prometheus metrics on http://[^:]+:(\d+)/metrics", text)
+            grpc_port, metrics_port = announce.grpc_port(text), announce.metrics_port(text)
             if self.process.poll() is not None:
                 raise RuntimeError(f"service exited early:\n{text[-2000:]}")
-            if grpc_match and metrics_match:
-                self.grpc_port = int(grpc_match.group(1))
-                self.metrics_port = int(metrics_match.group(1))
+            if grpc_port and metrics_port:
+                self.grpc_port, self.metrics_port = grpc_port, metrics_port
                 with ForecastClient(f"127.0.0.1:{self.grpc_port}") as client:
                     try:
                         if client.health() == "SERVING":

@@ -15,6 +15,7 @@ from grpc_reflection.v1alpha import reflection
 from prometheus_client import CollectorRegistry
 
 from monitoring.metrics import PredictionMonitor, ServingMetrics, start_metrics_server
+from service.announce import GRPC_LISTENING, METRICS_LISTENING
 from service.api import SERVICE_NAME, pb, pb_grpc
 from service.auth import BearerTokenInterceptor
 from service.batching import BatchObserver, MicroBatcher
@@ -201,14 +202,10 @@ async def create_server(
     await running.set_serving(False)
     await server.start()
     batcher.start()
-    log.info(
-        "gRPC listening on %s (port %d, %s%s), model %s",
-        settings.address,
-        port,
-        "TLS" if credentials else "plaintext",
-        ", mTLS" if settings.tls_client_ca else "",
-        artifacts.version,
-    )
+    security = "TLS" if credentials else "plaintext"
+    if settings.tls_client_ca:
+        security += ", mTLS"
+    log.info(GRPC_LISTENING + ", model %s", settings.address, port, security, artifacts.version)
     return running
 
 
@@ -230,9 +227,7 @@ async def serve(
         metrics_server, metrics_port = start_metrics_server(
             registry, settings.metrics_address, settings.metrics_port
         )
-        log.info(
-            "Prometheus metrics on http://%s:%d/metrics", settings.metrics_address, metrics_port
-        )
+        log.info(METRICS_LISTENING, settings.metrics_address, metrics_port)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

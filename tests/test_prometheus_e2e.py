@@ -27,7 +27,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -42,6 +41,7 @@ import pytest
 from test_alerts import ALERTS_FILE, REPO_ROOT, PrometheusServer, metric_names
 from test_grafana_dashboard import DASHBOARD_FILE, as_promql, expressions
 
+from service import announce
 from service.client import ForecastClient
 from training.data import chronological_split, impute, synthetic_series
 from training.faults import zero_head
@@ -59,8 +59,6 @@ WINDOWS_PER_REQUEST = 8
 REQUEST_PAUSE_S = 0.2  # <= 5 requests (40 windows)/s per service: plenty for the detectors
 DRIFT_SCALE = 10.0
 
-GRPC_PORT_LINE = re.compile(r"gRPC listening on \S+ \(port (\d+)")
-METRICS_PORT_LINE = re.compile(r"Prometheus metrics on http://[^\s/]+:(\d+)/metrics")
 
 MODEL_HEALTH_ALERTS = ("ForecastOutputCollapsed", "ForecastInputScaleDrift")
 # The RPCs forecast_requests_total counts (health and reflection calls are not).
@@ -113,9 +111,9 @@ class ServiceProcess:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             text = self.log()
-            grpc_port, metrics_port = GRPC_PORT_LINE.search(text), METRICS_PORT_LINE.search(text)
+            grpc_port, metrics_port = announce.grpc_port(text), announce.metrics_port(text)
             if grpc_port and metrics_port:
-                self.grpc_port, self.metrics_port = int(grpc_port[1]), int(metrics_port[1])
+                self.grpc_port, self.metrics_port = grpc_port, metrics_port
                 return
             if self.process.poll() is not None:
                 break

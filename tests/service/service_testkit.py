@@ -10,7 +10,6 @@ import asyncio
 import datetime
 import ipaddress
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -22,6 +21,7 @@ import grpc
 import numpy as np
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from service import announce
 from service.config import ENV_PREFIX
 from service.server import RunningServer, create_server
 from training.data import impute, synthetic_series
@@ -35,7 +35,6 @@ TF_NOISE_PREFIXES = ("I0000", "E0000", "W0000", "WARNING: All log messages")
 # Finite as float32, but scaling pushes it past float32's range: the forecast is not finite.
 EXTREME = 3e38
 
-PORT_LINE = re.compile(r"gRPC listening on \S+ \(port (\d+)")
 
 # -------------------------------------------------------------------------------------------
 # Data
@@ -250,9 +249,9 @@ class ServiceProcess:
     def _wait_for_port(self, timeout: float) -> int:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            match = PORT_LINE.search(self.stderr())
-            if match:
-                return int(match.group(1))
+            port = announce.grpc_port(self.stderr())
+            if port:
+                return port
             if self.process.poll() is not None:
                 raise RuntimeError(
                     f"service exited {self.process.returncode} before listening:\n"

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import os
 import random
-import re
 import time
 import urllib.request
 from collections import Counter
@@ -22,6 +21,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from service_testkit import ServiceProcess
 
+from service import announce
 from service.api import pb, pb_grpc
 from service.client import forecasts_from_response, request_from_windows
 from training.predict import predict_windows
@@ -29,16 +29,15 @@ from training.predict import predict_windows
 pytestmark = pytest.mark.slow
 
 OK = grpc.StatusCode.OK
-METRICS_LINE = re.compile(r"Prometheus metrics on http://[^:]+:(\d+)/metrics")
 SOAK_SECONDS = float(os.environ.get("FORECAST_SOAK_SECONDS", "60"))
 
 
 def _metrics_port(service: ServiceProcess) -> int:
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
-        match = METRICS_LINE.search(service.stderr())
-        if match:
-            return int(match.group(1))
+        port = announce.metrics_port(service.stderr())
+        if port:
+            return port
         time.sleep(0.05)
     raise TimeoutError("no metrics port in the service log")
 
