@@ -24,7 +24,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from monitoring.ewstats import EWHistogram, EWStats, float32_tolerance, psi
+from monitoring.ewstats import EWHistogram, EWSlice, EWStats, float32_tolerance, psi
+
+# Std ratios below this are "not moving at all" (float rounding, not a spread).
+STILL_STD_RATIO = 1e-6
 
 
 @dataclass(frozen=True)
@@ -55,8 +58,10 @@ class CollapseDetector:
         self, *, horizon: int, n_features: int, calibration: dict, settings: DetectorSettings
     ):
         self.settings = settings
-        self.pred = EWStats(horizon, settings.collapse_halflife)
-        self.inputs = EWStats(n_features, settings.collapse_halflife)
+        # Outputs and inputs share a half-life: one update for both, read apart.
+        self._stats = EWStats(horizon + n_features, settings.collapse_halflife)
+        self.pred = EWSlice(self._stats, slice(0, horizon))
+        self.inputs = EWSlice(self._stats, slice(horizon, None))
         self.ref_pred_var = float(calibration["pred_var"])
         self.ref_input_var = float(calibration["input_var"])
         self.threshold_on = float(calibration["threshold"])
@@ -65,8 +70,7 @@ class CollapseDetector:
         self.events = 0
 
     def update(self, raw_output: np.ndarray, last_rows: np.ndarray) -> None:
-        self.pred.update(raw_output)
-        self.inputs.update(last_rows)
+        self._stats.update(np.hstack([raw_output, last_rows]))
         if self.pred.count < self.settings.collapse_min_windows:
             return
         r = self.responsiveness
@@ -114,22 +118,28 @@ class DriftDetector:
         self.ref_min = ref_min - float32_tolerance(ref_min)
         self.ref_max = ref_max + float32_tolerance(ref_max)
         self.expected = [np.asarray(r["bin_fractions"]) for r in refs]
-        self.stats = EWStats(len(self.names), settings.drift_halflife)
-        self.outside = EWStats(len(self.names), settings.drift_halflife)
+        n = len(self.names)
+        # Values and out-of-range indicators share a half-life: one update for both.
+        self._stats = EWStats(2 * n, settings.drift_halflife)
+        self.stats = EWSlice(self._stats, slice(0, n))
+        self.outside = EWSlice(self._stats, slice(n, None))
         self.hist = EWHistogram([r["bin_edges"] for r in refs], settings.psi_halflife)
         cal = [calibration[name] for name in self.names]
         m = settings
         self.mean_lo = np.array([c["mean_z"][0] for c in cal]) - m.mean_margin
         self.mean_hi = np.array([c["mean_z"][1] for c in cal]) + m.mean_margin
-        self.std_lo = np.array([c["std_ratio"][0] for c in cal]) / m.std_factor
+        std_lo = np.array([c["std_ratio"][0] for c in cal]) / m.std_factor
+        # A feature that healthy replay showed standing still (a weekend flag over a weekday
+        # span) has a lowest std ratio at rounding level: it gets no lower bound on its spread,
+        # or rounding noise alone would decide the flag.
+        self.std_lo = np.where(std_lo < STILL_STD_RATIO, 0.0, std_lo)
         self.std_hi = np.array([c["std_ratio"][1] for c in cal]) * m.std_factor
         self.psi_limit = np.array([max(m.psi_floor, m.psi_factor * c["psi"]) for c in cal])
         self.oor_limit = np.array([max(m.out_of_range_floor, 2.0 * c["out_of_range"]) for c in cal])
 
     def update(self, last_rows: np.ndarray) -> None:
-        self.stats.update(last_rows)
         outside = (last_rows < self.ref_min) | (last_rows > self.ref_max)
-        self.outside.update(outside.astype(np.float64))
+        self._stats.update(np.hstack([last_rows, outside]))
         self.hist.update(last_rows)
 
     @property

@@ -5,11 +5,20 @@ recent stream with a half-life of ``halflife`` samples. Weights are normalised (
 unbiased from the first sample on), and the variance update merges the decayed old state with
 the batch around the *new* mean (West's weighted update): no E[x^2] - E[x]^2 cancellation, so
 it stays exact when the variance collapses towards zero.
+
+The updates run on the service's monitoring thread, which shares the GIL with the gRPC event
+loop, so they are written for few numpy calls per batch: the weights of a batch come from a
+table computed once, the weight sums from closed forms, and the histogram bins every feature in
+one pass.
 """
 
 from __future__ import annotations
 
 import numpy as np
+
+# Batches up to this many samples take their weights from a precomputed table (a fixed size,
+# so memory stays O(1) in the stream length); longer batches compute them.
+WEIGHT_TABLE = 1024
 
 
 def float32_tolerance(values: np.ndarray) -> np.ndarray:
@@ -21,18 +30,30 @@ def alpha_for_halflife(halflife: float) -> float:
     return 1.0 - 0.5 ** (1.0 / halflife)
 
 
-def _batch_weights(alpha: float, n: int, weight: float) -> tuple[np.ndarray, float, float]:
-    """EW weights of ``n`` new samples (newest weighs most), the decayed weight of the old state,
-    and the new total weight."""
-    keep = 1.0 - alpha
-    w = alpha * keep ** np.arange(n - 1, -1, -1, dtype=np.float64)
-    old = keep**n * weight
-    return w, old, old + w.sum()
+class _Decay:
+    """Weights of a batch of ``n`` new samples under per-sample decay ``1 - alpha``."""
+
+    def __init__(self, halflife: float):
+        self.alpha = alpha_for_halflife(halflife)
+        self._log_keep = np.log1p(-self.alpha)
+        # Oldest first: alpha * keep^(WEIGHT_TABLE-1), ..., alpha * keep^0.
+        self._table = self.alpha * np.exp(self._log_keep * np.arange(WEIGHT_TABLE - 1, -1, -1.0))
+
+    def batch(self, n: int) -> tuple[np.ndarray, float, float]:
+        """The new samples' weights (newest weighs most), ``keep**n`` (the factor on the old
+        state) and the sum of the new weights, ``1 - keep**n`` (exact for tiny alpha too)."""
+        if n <= WEIGHT_TABLE:
+            w = self._table[WEIGHT_TABLE - n :]
+        else:
+            w = self.alpha * np.exp(self._log_keep * np.arange(n - 1, -1, -1.0))
+        x = n * self._log_keep
+        return w, float(np.exp(x)), float(-np.expm1(x))
 
 
 class EWStats:
     def __init__(self, dim: int, halflife: float):
-        self.alpha = alpha_for_halflife(halflife)
+        self._decay = _Decay(halflife)
+        self.alpha = self._decay.alpha
         self.mean = np.zeros(dim)
         self.var = np.zeros(dim)
         self.weight = 0.0  # total (decayed) weight seen, in (0, 1]
@@ -43,37 +64,81 @@ class EWStats:
         n = len(x)
         if n == 0:
             return
-        w, old, total = _batch_weights(self.alpha, n, self.weight)
-        batch_mean = w @ x / w.sum()
-        mean = (old * self.mean + w.sum() * batch_mean) / total
+        w, keep_n, w_sum = self._decay.batch(n)
+        old = keep_n * self.weight
+        total = old + w_sum
+        mean = (old * self.mean + w @ x) / total
         dev = x - mean
-        self.var = (old * (self.var + (self.mean - mean) ** 2) + w @ (dev * dev)) / total
+        shift = self.mean - mean
+        self.var = (old * (self.var + shift * shift) + w @ (dev * dev)) / total
         self.mean = mean
         self.weight = total
         self.count += n
 
 
+class EWSlice:
+    """Read-only view of some columns of an :class:`EWStats` (streams that share a half-life
+    are updated together, in one call, and read apart)."""
+
+    def __init__(self, stats: EWStats, columns: slice):
+        self._stats = stats
+        self._columns = columns
+
+    @property
+    def count(self) -> int:
+        return self._stats.count
+
+    @property
+    def mean(self) -> np.ndarray:
+        return self._stats.mean[self._columns]
+
+    @property
+    def var(self) -> np.ndarray:
+        return self._stats.var[self._columns]
+
+
 class EWHistogram:
-    """Exponentially weighted bin fractions over fixed edges (for PSI)."""
+    """Exponentially weighted bin fractions over fixed edges, one histogram per feature (for
+    PSI). Bin ``k`` of a feature holds values ``v`` with ``edges[k-1] <= v < edges[k]``."""
 
     def __init__(self, edges: list[list[float]], halflife: float):
-        self.alpha = alpha_for_halflife(halflife)
+        self._decay = _Decay(halflife)
+        self.alpha = self._decay.alpha
         self.edges = [np.asarray(e, dtype=np.float64) for e in edges]
-        self.fractions = [np.zeros(len(e) + 1) for e in self.edges]
+        self._n_edges = np.array([len(e) for e in self.edges])
+        width = int(self._n_edges.max(initial=0))
+        # Edges padded with +inf to a common length: a value's bin is the number of edges at
+        # or below it, clamped to the feature's own edge count (only +inf reaches the padding).
+        self._padded = np.full((len(self.edges), width), np.inf)
+        for f, e in enumerate(self.edges):
+            self._padded[f, : len(e)] = e
+        self._offsets = np.arange(len(self.edges)) * (width + 1)
+        self._fractions = np.zeros((len(self.edges), width + 1))
         self.weight = 0.0
         self.count = 0
 
     def update(self, x: np.ndarray) -> None:
+        """``x``: ``[n, features]``; rows in arrival order."""
         n = len(x)
         if n == 0:
             return
-        w, old, total = _batch_weights(self.alpha, n, self.weight)
-        for f, edges in enumerate(self.edges):
-            bins = np.searchsorted(edges, x[:, f], side="right")
-            added = np.bincount(bins, weights=w, minlength=len(edges) + 1)
-            self.fractions[f] = (old * self.fractions[f] + added) / total
+        w, keep_n, w_sum = self._decay.batch(n)
+        old = keep_n * self.weight
+        total = old + w_sum
+        bins = np.minimum((x[:, :, None] >= self._padded).sum(axis=2), self._n_edges)
+        added = np.bincount(
+            (bins + self._offsets).ravel(),
+            weights=np.repeat(w, len(self.edges)),
+            minlength=self._fractions.size,
+        )
+        self._fractions = (old * self._fractions + added.reshape(self._fractions.shape)) / total
         self.weight = total
         self.count += n
+
+    @property
+    def fractions(self) -> list[np.ndarray]:
+        """Per feature, the weighted share of each of its ``len(edges) + 1`` bins."""
+        return [row[: k + 1] for row, k in zip(self._fractions, self._n_edges, strict=True)]
 
     @property
     def effective_samples(self) -> float:

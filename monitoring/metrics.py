@@ -148,8 +148,10 @@ class PredictionMonitor:
         # Monotonic sufficient statistics of standardized values: count, sum of the positive
         # parts, sum of the magnitudes of the negative parts, sum of squares. (A plain sum goes
         # down on negative values, and rate() would read every decrease as a counter reset.)
-        self._pred_sums = np.zeros(4)
-        self._in_sums = np.zeros((4, n_f))
+        # Rows: count, positive sum, negative magnitude sum, squares; columns: the horizon's
+        # standardized outputs, then the standardized features.
+        self._horizon = horizon
+        self._sums = np.zeros((4, horizon + n_f))
         self._update_every = max(1, update_every)
         self._pending: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
         self._pending_windows = 0
@@ -177,19 +179,21 @@ class PredictionMonitor:
         """Update the detectors with the buffer; returns the new collapse state if it changed."""
         if not self._pending:
             return None
-        last_rows = np.concatenate([p[0] for p in self._pending]).astype(np.float64)
-        raw_output = np.concatenate([p[1] for p in self._pending]).astype(np.float64)
-        forecasts = np.concatenate([p[2] for p in self._pending]).astype(np.float64)
+        last_rows, raw_output, forecasts = (
+            np.concatenate(parts, dtype=np.float64) for parts in zip(*self._pending, strict=True)
+        )
         self._pending.clear()
         self._pending_windows = 0
-        z_pred = raw_output / self._pred_std
-        z_in = (last_rows - self._in_mean) / self._in_std
+        z = np.hstack([raw_output / self._pred_std, (last_rows - self._in_mean) / self._in_std])
         was = self.collapse.collapsed
         self.collapse.update(raw_output, last_rows)
         self.drift.update(last_rows)
         self._target.update(forecasts)
-        self._pred_sums += _sufficient_sums(z_pred.reshape(-1, 1))[:, 0]
-        self._in_sums += _sufficient_sums(z_in)
+        sums = self._sums
+        sums[0] += len(z)
+        sums[1] += np.maximum(z, 0.0).sum(axis=0)
+        sums[2] -= np.minimum(z, 0.0).sum(axis=0)
+        sums[3] += np.einsum("ij,ij->j", z, z)
         return self.collapse.collapsed if self.collapse.collapsed != was else None
 
     def describe(self):
@@ -257,13 +261,13 @@ class PredictionMonitor:
             "forecast_prediction_standardized",
             "raw model outputs standardized by the validation std",
             [],
-            [self._pred_sums],
+            [self._sums[:, : self._horizon].sum(axis=1)],
         )
         yield from _sufficient(
             "forecast_input_standardized",
             "newest input rows standardized by training mean/std",
             self.feature_names,
-            list(self._in_sums.T),
+            list(self._sums[:, self._horizon :].T),
         )
         per_feature = {
             "forecast_input_mean_zscore": (
@@ -294,18 +298,6 @@ class PredictionMonitor:
 
 def _gauge(name: str, help_text: str, value: float) -> GaugeMetricFamily:
     return GaugeMetricFamily(name, help_text, value=float(value))
-
-
-def _sufficient_sums(z: np.ndarray) -> np.ndarray:
-    """Per column of ``z`` ``[n, k]``: count, positive sum, negative magnitude sum, squares."""
-    return np.stack(
-        [
-            np.full(z.shape[1], float(len(z))),
-            np.clip(z, 0.0, None).sum(axis=0),
-            np.clip(-z, 0.0, None).sum(axis=0),
-            np.square(z).sum(axis=0),
-        ]
-    )
 
 
 def _sufficient(prefix: str, what: str, features: list[str], sums: list[np.ndarray]):

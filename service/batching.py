@@ -125,8 +125,8 @@ class MicroBatcher:
                         item.future.set_exception(exc)
                 continue
             self._deliver(batch, result)
-            for observer in self._observers:
-                self._observer_thread.submit(_observe, observer, result)
+            if self._observers:  # one hand-off per batch, however many observers
+                self._observer_thread.submit(_observe, self._observers, result)
 
     def _take(self, now: float) -> list[_Item]:
         batch: list[_Item] = []
@@ -162,8 +162,9 @@ class MicroBatcher:
                 )
 
 
-def _observe(observer: BatchObserver, result: BatchResult) -> None:
-    try:
-        observer(result)
-    except Exception:  # noqa: BLE001 - monitoring must never take serving down
-        log.exception("batch observer %r failed", observer)
+def _observe(observers: tuple[BatchObserver, ...], result: BatchResult) -> None:
+    for observer in observers:
+        try:
+            observer(result)
+        except Exception:  # noqa: BLE001 - monitoring must never take serving down
+            log.exception("batch observer %r failed", observer)

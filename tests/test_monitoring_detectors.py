@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from monitoring.detectors import DetectorSettings, DriftDetector
 from monitoring.metrics import PredictionMonitor
 from monitoring.replay import Traffic, orders, replay, windows_until_flagged
 from training.artifacts import load_artifacts
@@ -131,3 +132,34 @@ def test_calibration_is_stored_in_the_manifest(artifacts):
     for band in section["drift"].values():
         assert band["mean_z"][0] <= band["mean_z"][1]
         assert band["std_ratio"][0] <= band["std_ratio"][1]
+
+
+def test_feature_that_stood_still_in_calibration_is_not_drifted_by_zero_spread():
+    """Healthy replay saw a flag feature sit still (std ratio at rounding level): a span where
+    it sits still again is not drift, however the rounding of the EW variance falls."""
+    reference = {
+        "flag": {
+            "mean": 0.0,
+            "std": 1.0,
+            "min": -1.0,
+            "max": 1.0,
+            "bin_edges": [0.0],
+            "bin_fractions": [0.5, 0.5],
+        }
+    }
+    calibration = {
+        "flag": {"mean_z": [-1.0, 1.0], "std_ratio": [1e-15, 1.2], "psi": 0.1, "out_of_range": 0.0}
+    }
+    detector = DriftDetector(
+        feature_names=["flag"],
+        reference=reference,
+        calibration=calibration,
+        settings=DetectorSettings(),
+    )
+
+    detector.update(np.full((200, 1), 1.0))
+
+    assert detector.std_ratio[0] < 1e-15  # rounding level, below the calibrated minimum
+    assert not detector.drifted.any()
+    detector.update(np.full((200, 1), 25.0))  # a real jump still counts
+    assert detector.drifted.all()

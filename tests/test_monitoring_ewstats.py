@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from monitoring.calibration import reference_bins
-from monitoring.ewstats import EWHistogram, EWStats, psi
+from monitoring.ewstats import WEIGHT_TABLE, EWHistogram, EWSlice, EWStats, psi
 
 
 def test_ewstats_batch_update_equals_one_at_a_time():
@@ -94,3 +94,43 @@ def test_reference_bins_put_float32_copies_of_discrete_values_in_the_same_bin():
     assert np.array_equal(exact, rounded)
     assert len(bins["deciles"]) == 9
     assert sum(bins["bin_fractions"]) == pytest.approx(1.0)
+
+
+def test_ewstats_batches_longer_than_the_weight_table_match_short_ones():
+    x = np.random.default_rng(4).normal(size=(3 * WEIGHT_TABLE + 7, 2))
+    long, short = EWStats(2, halflife=64), EWStats(2, halflife=64)
+
+    long.update(x)
+    for lo in range(0, len(x), 100):
+        short.update(x[lo : lo + 100])
+
+    np.testing.assert_allclose(long.mean, short.mean, rtol=1e-12)
+    np.testing.assert_allclose(long.var, short.var, rtol=1e-10)
+    assert long.weight == pytest.approx(short.weight, rel=1e-12)
+
+
+def test_ewslice_reads_columns_of_the_shared_statistics():
+    stats = EWStats(3, halflife=8)
+    stats.update(np.random.default_rng(5).normal(size=(50, 3)))
+    tail = EWSlice(stats, slice(1, None))
+
+    assert tail.count == 50
+    np.testing.assert_array_equal(tail.mean, stats.mean[1:])
+    np.testing.assert_array_equal(tail.var, stats.var[1:])
+
+
+def test_histogram_bins_every_feature_like_searchsorted_with_uneven_edges():
+    """One vectorised pass over features whose edge lists differ in length (discrete features
+    have fewer distinct deciles); values on an edge go right, +/-inf to the end bins."""
+    rng = np.random.default_rng(6)
+    edges = [[-1.0, 0.0, 1.0], [0.5], [-2.0, -1.0, 0.0, 1.0, 2.0]]
+    x = rng.normal(size=(400, 3))
+    x[:5, 0] = [-1.0, 0.0, 1.0, np.inf, -np.inf]
+    hist = EWHistogram(edges, halflife=1e12)  # plain shares
+
+    hist.update(x)
+
+    for f, e in enumerate(edges):
+        bins = np.searchsorted(e, x[:, f], side="right")
+        expected = np.bincount(bins, minlength=len(e) + 1) / len(x)
+        np.testing.assert_allclose(hist.fractions[f], expected, atol=1e-9)
