@@ -64,14 +64,14 @@ def _modes(text: str) -> tuple[str, ...]:
     return names
 
 
-def _positive(kind):
+def _positive(kind, *, zero_ok: bool = False):
     def parse(text: str):
         try:
             value = kind(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-        if value <= 0:
-            raise argparse.ArgumentTypeError(f"must be > 0, got {text!r}")
+        if value < 0 or (value == 0 and not zero_ok):
+            raise argparse.ArgumentTypeError(f"must be {'>=' if zero_ok else '>'} 0, got {text!r}")
         return value
 
     parse.__name__ = kind.__name__
@@ -145,6 +145,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--repeats", type=_positive(int), default=3,
                      help="rounds per point, each over every system in rotated order; the "
                      "round with the median throughput is reported (all rounds are kept)")
+    run.add_argument("--overhead-pairs", type=_positive(int, zero_ok=True), default=8,
+                     help="after the sweeps, back-to-back pairs of the service with monitoring "
+                     "on and off per mode, at the concurrency where monitoring-off peaked; the "
+                     "median pair's ratio is the monitoring-overhead figure (0: use the ratio "
+                     "of the sweep peaks instead)")
     run.add_argument("--settle", type=float, default=0.5,
                      help="idle seconds before each point (lets cancelled work drain)")
     run.add_argument("--naive-workers", type=_positive(int), default=10,
@@ -225,12 +230,13 @@ def _run(args: argparse.Namespace) -> int:
         artifacts=args.artifacts, output_dir=args.output_dir, device=args.device,
         duration=args.duration, warmup=args.warmup, processes=args.processes, sweeps=sweeps,
         stream_depth=args.stream_depth, timeout=args.timeout, settle=args.settle,
-        repeats=args.repeats,
+        repeats=args.repeats, overhead_pairs=args.overhead_pairs,
         naive_workers=args.naive_workers, server_cpus=args.server_cpus,
         client_cpus=args.client_cpus, batch_buckets=args.batch_buckets,
         max_batch_size=args.max_batch_size,
     )
     points = sum(len(v) for v in sweeps.values()) * 4 * args.repeats
+    points += len(sweeps) * 2 * args.overhead_pairs
     per_point = args.warmup + args.duration + args.settle + 0.7
     print(f"{points} points x ~{per_point:.1f} s + start-up: about "
           f"{(points * per_point + 90) / 60:.0f} min", file=sys.stderr)

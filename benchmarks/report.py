@@ -98,18 +98,7 @@ def targets(results: dict, soak: dict | None = None) -> list[dict]:
         f"{m1['p50_ms']:.3f} + 0.5 = {bound:.3f} ms",
     ))
 
-    ratios = {}
-    for mode, points in modes("service").items():
-        on = peak(points, "windows_per_s")
-        off = peak(modes("service_no_monitoring").get(mode, []), "windows_per_s")
-        ratios[mode] = _ratio(on and on["windows_per_s"], off and off["windows_per_s"])
-    known = {m: r for m, r in ratios.items() if r is not None}
-    worst = min(known, key=known.get) if known else None
-    out.append(_target(
-        "monitoring_overhead", "Monitoring overhead: peak throughput on / off (worst mode)",
-        "≥ 0.95×", ">=", 0.95, known.get(worst) if worst else None,
-        "per mode: " + ", ".join(f"{m} {r:.3f}×" for m, r in known.items()),
-    ))
+    out.append(_overhead_target(results, modes))
 
     if soak is not None:
         rss = soak["rss"]
@@ -126,6 +115,53 @@ def targets(results: dict, soak: dict | None = None) -> list[dict]:
             "not measured in this run: `python -m benchmarks soak --minutes 5`",
         ))
     return out
+
+
+def _overhead_target(results: dict, modes) -> dict:
+    """Monitoring on / off, worst mode. From the paired rounds when the run took them (the
+    median pair per mode), else from the ratio of the sweep peaks; the detail gives both."""
+    peaks = {}
+    for mode, points in modes("service").items():
+        on = peak(points, "windows_per_s")
+        off = peak(modes("service_no_monitoring").get(mode, []), "windows_per_s")
+        peaks[mode] = _ratio(on and on["windows_per_s"], off and off["windows_per_s"])
+    peaks = {m: r for m, r in peaks.items() if r is not None}
+    paired = {m: o for m, o in results.get("monitoring_overhead", {}).items()
+              if o.get("median_ratio") is not None}
+    peak_text = ", ".join(f"{m} {r:.3f}×" for m, r in peaks.items())
+    if paired:
+        worst = min(paired, key=lambda m: paired[m]["median_ratio"])
+        n = len(paired[worst]["pairs"])
+        detail = (f"median of {n} back-to-back on/off pairs per mode at the off-peak "
+                  "concurrency: " + ", ".join(
+                      f"{m} {o['median_ratio']:.3f}× (c={o['concurrency']}, pairs "
+                      f"{o['min_ratio']:.2f}–{o['max_ratio']:.2f})" for m, o in paired.items())
+                  + f"; ratio of sweep peaks: {peak_text}")
+        return _target("monitoring_overhead",
+                       "Monitoring overhead: throughput on / off (worst mode, paired rounds)",
+                       "≥ 0.95×", ">=", 0.95, paired[worst]["median_ratio"], detail)
+    worst = min(peaks, key=peaks.get) if peaks else None
+    return _target("monitoring_overhead",
+                   "Monitoring overhead: peak throughput on / off (worst mode)",
+                   "≥ 0.95×", ">=", 0.95, peaks.get(worst) if worst else None,
+                   f"ratio of sweep peaks per mode: {peak_text}")
+
+
+def overhead_table(results: dict) -> str:
+    """Every on/off pair of the monitoring-overhead measurement."""
+    overhead = results.get("monitoring_overhead")
+    if not overhead:
+        return "Not measured in this run (`--overhead-pairs 0`); the target uses the sweep peaks."
+    lines = ["| Mode | Concurrency | Pairs (on / off windows/s, first of the pair) "
+             "| Median ratio |", "|---|---|---|---|"]
+    for mode, o in overhead.items():
+        pairs = "<br>".join(
+            f"{p['on_windows_per_s']:,.0f} / {p['off_windows_per_s']:,.0f} = "
+            + (f"{p['ratio']:.3f}" if p["ratio"] is not None else "n/a")
+            + f" ({p['first']} first)" for p in o["pairs"])
+        median = "–" if o["median_ratio"] is None else f"{o['median_ratio']:.3f}×"
+        lines.append(f"| {mode} | {o['concurrency']} | {pairs} | {median} |")
+    return "\n".join(lines)
 
 
 def _fmt_measured(t: dict) -> str:
@@ -247,6 +283,10 @@ def markdown(results: dict) -> str:
         "## Sweeps",
         "",
         sweep_tables(results),
+        "## Monitoring overhead (back-to-back pairs, monitoring on / off)",
+        "",
+        overhead_table(results),
+        "",
         "## Model ceiling (in-process `Forecaster.predict`, no gRPC)",
         "",
         ceiling_table(results),

@@ -12,12 +12,17 @@ Order of work:
    load of a shared machine thus hits every system alike, and each ratio compares
    near-simultaneous measurements. After each point the run waits until the server just
    measured is idle again. Idle servers sit on their sockets.
+3. Monitoring overhead: for each mode, ``overhead_pairs`` back-to-back pairs of the service
+   with monitoring on and off at the concurrency where monitoring-off peaked, the order within
+   the pair alternating; the median pair's ratio is the figure (see
+   :func:`monitoring_overhead`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import statistics
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -50,6 +55,7 @@ class RunConfig:
     batch_buckets: tuple[int, ...] | None = None  # None: the service's defaults
     max_batch_size: int | None = None
     repeats: int = 1
+    overhead_pairs: int = 0  # paired on/off rounds per mode after the sweeps (0: none)
 
     def service_flags(self) -> tuple[str, ...]:
         """Batching flags passed to the service (the model ceiling uses the same buckets)."""
@@ -213,6 +219,16 @@ def run(config: RunConfig, *, progress=print) -> dict:
                         progress(_progress_line(server.system.name, mode, point))
                 for name, points in rounds.items():
                     results["systems"][name]["modes"][mode].append(median_round(points))
+        if config.overhead_pairs:
+            by_name = {s.system.name: s for s in servers}
+            results["monitoring_overhead"] = {
+                mode: monitoring_overhead(
+                    pool, by_name["service"], by_name["service_no_monitoring"], mode,
+                    saturation(results["systems"]["service_no_monitoring"]["modes"][mode]),
+                    config, progress=progress,
+                )
+                for mode in config.sweeps
+            }
         for server in servers:
             results["systems"][server.system.name]["final_rss_mib"] = server.rss_bytes() / 2**20
     for name in results["systems"]:
@@ -223,6 +239,50 @@ def run(config: RunConfig, *, progress=print) -> dict:
     results["machine"]["load_average_1m_at_end"] = round(os.getloadavg()[0], 2)
     results["wall_seconds"] = round(time.time() - started, 1)
     return results
+
+
+def saturation(points: list[dict]) -> int:
+    """The concurrency of the highest-throughput point (of the median rounds)."""
+    return max(points, key=lambda p: p["windows_per_s"])["concurrency"]
+
+
+def monitoring_overhead(
+    pool: ClientPool, on: ServerProcess, off: ServerProcess, mode: str, concurrency: int,
+    config: RunConfig, *, progress=print,
+) -> dict:
+    """Throughput with monitoring on over off, as paired back-to-back points at one
+    concurrency, the pair's order alternating (on first, then off first, ...).
+
+    Load on this machine drifts by more than the effect being measured (runs differ by up to
+    20%), and a ratio of two sweep peaks taken minutes apart carries all of that drift. The two
+    points of a pair are seconds apart, so each pair's ratio cancels most of it; the median
+    pair is the figure, and every pair is kept."""
+    pairs = []
+    for i in range(config.overhead_pairs):
+        got = {}
+        for server in ((on, off) if i % 2 == 0 else (off, on)):
+            time.sleep(config.settle)
+            got[server.system.name] = measure_point(pool, server, mode, concurrency, config)
+        w_on = got[on.system.name]["windows_per_s"]
+        w_off = got[off.system.name]["windows_per_s"]
+        pairs.append({
+            "first": "on" if i % 2 == 0 else "off",
+            "on_windows_per_s": w_on,
+            "off_windows_per_s": w_off,
+            "ratio": w_on / w_off if w_off else None,
+            "errors": got[on.system.name]["errors"] + got[off.system.name]["errors"],
+        })
+        progress(f"  monitoring on/off {mode:<8} c={concurrency:<4} pair {i + 1}: "
+                 f"{w_on:,.0f} / {w_off:,.0f} windows/s = "
+                 + (f"{pairs[-1]['ratio']:.3f}" if w_off else "n/a"))
+    ratios = sorted(p["ratio"] for p in pairs if p["ratio"] is not None)
+    return {
+        "concurrency": concurrency,
+        "pairs": pairs,
+        "median_ratio": statistics.median(ratios) if ratios else None,
+        "min_ratio": ratios[0] if ratios else None,
+        "max_ratio": ratios[-1] if ratios else None,
+    }
 
 
 def _progress_line(system: str, mode: str, point: dict) -> str:

@@ -57,7 +57,7 @@ def bench_dir(trained_version: Path, tmp_path_factory: pytest.TempPathFactory) -
         "run", "--artifacts", str(trained_version), "--output-dir", str(output),
         "--duration", "1", "--warmup", "0.5", "--settle", "0", "--concurrency", "2",
         "--unary-concurrency", "1,2",
-        "--processes", "2", "--repeats", "2", *TINY_BATCHING,
+        "--processes", "2", "--repeats", "2", "--overhead-pairs", "2", *TINY_BATCHING,
     )
     assert done.returncode == 0, done.stderr[-3000:]
     return output
@@ -80,6 +80,16 @@ def test_bench_json_has_every_system_mode_and_figure(bench_dir: Path):
                 assert _finite(point["server_cpu_cores"]) and _finite(point["server_rss_mib"])
                 assert point["rounds"] == 2 and len(point["rounds_requests_per_s"]) == 2
                 assert point["requests_per_s"] in point["rounds_requests_per_s"]
+    overhead = results["monitoring_overhead"]
+    assert set(overhead) == set(MODES)
+    for mode, o in overhead.items():
+        assert o["concurrency"] in ([1, 2] if mode == "unary" else [2])
+        assert [p["first"] for p in o["pairs"]] == ["on", "off"]
+        for pair in o["pairs"]:
+            assert pair["errors"] == 0, (mode, pair)
+            assert pair["ratio"] == pytest.approx(
+                pair["on_windows_per_s"] / pair["off_windows_per_s"])
+        assert o["min_ratio"] <= o["median_ratio"] <= o["max_ratio"]
     ceiling = results["model_ceiling"]["by_batch_size"]
     assert {"1", "64", "256"} <= set(ceiling)
     for figures in ceiling.values():
@@ -106,6 +116,8 @@ def test_bench_reports_targets_devices_and_machine(bench_dir: Path):
     assert results["machine"]["cpu_model"] and results["machine"]["logical_cores"] >= 1
     table = (bench_dir / "bench.md").read_text()
     assert "## Targets" in table and "StreamForecast" in table
+    assert "## Monitoring overhead" in table
+    assert "paired rounds" in targets["monitoring_overhead"]["figure"]
     assert (bench_dir / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
@@ -157,6 +169,34 @@ def test_median_round_is_the_middle_throughput_and_keeps_every_round():
     assert chosen["windows_per_s"] == 20.0 and chosen["rounds"] == 3
     assert chosen["rounds_requests_per_s"] == [30.0, 10.0, 20.0]
     assert median_round(rounds[:2])["windows_per_s"] == 10.0  # even count: the lower middle
+
+
+def _point(concurrency: int, windows_per_s: float) -> dict:
+    return {"concurrency": concurrency, "windows_per_s": windows_per_s,
+            "requests_per_s": windows_per_s, "requests": 1, "p50_ms": 1.0}
+
+
+def test_monitoring_overhead_target_uses_the_worst_median_pair_over_sweep_peaks():
+    from benchmarks.report import targets
+
+    sweeps = {"unary": [_point(8, 900.0), _point(32, 1000.0)], "stream": [_point(32, 2000.0)]}
+    off = {"unary": [_point(8, 1000.0), _point(32, 1100.0)], "stream": [_point(32, 2000.0)]}
+    results = {
+        "systems": {"service": {"modes": sweeps}, "service_no_monitoring": {"modes": off}},
+        "model_ceiling": {"by_batch_size": {}},
+    }
+    by_peaks = {t["id"]: t for t in targets(results)}["monitoring_overhead"]
+    assert by_peaks["measured"] == pytest.approx(1000.0 / 1100.0) and by_peaks["met"] is False
+
+    results["monitoring_overhead"] = {
+        "unary": {"concurrency": 32, "pairs": [{}] * 3, "median_ratio": 0.97,
+                  "min_ratio": 0.9, "max_ratio": 1.1},
+        "stream": {"concurrency": 32, "pairs": [{}] * 3, "median_ratio": 0.96,
+                   "min_ratio": 0.8, "max_ratio": 1.2},
+    }
+    paired = {t["id"]: t for t in targets(results)}["monitoring_overhead"]
+    assert paired["measured"] == 0.96 and paired["met"] is True
+    assert "stream 0.960×" in paired["detail"] and "unary 0.909×" in paired["detail"]
 
 
 def test_rss_figures_use_only_samples_after_warmup():
