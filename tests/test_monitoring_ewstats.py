@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from monitoring.calibration import reference_bins
-from monitoring.ewstats import WEIGHT_TABLE, EWHistogram, EWSlice, EWStats, psi
+from monitoring.ewstats import MAX_EDGES, WEIGHT_TABLE, EWHistogram, EWSlice, EWStats, psi
 
 
 def test_ewstats_batch_update_equals_one_at_a_time():
@@ -134,3 +134,20 @@ def test_histogram_bins_every_feature_like_searchsorted_with_uneven_edges():
         bins = np.searchsorted(e, x[:, f], side="right")
         expected = np.bincount(bins, minlength=len(e) + 1) / len(x)
         np.testing.assert_allclose(hist.fractions[f], expected, atol=1e-9)
+
+
+def test_histogram_counts_up_to_the_edge_limit_without_overflow():
+    """Bin indices are counted in uint8: a feature with MAX_EDGES edges still bins right up to
+    the last bin, and one more edge is refused rather than wrapped around."""
+    edges = [list(np.linspace(-3.0, 3.0, MAX_EDGES)), [0.0]]
+    x = np.column_stack([np.linspace(-4.0, 4.0, 2001), np.linspace(-1.0, 1.0, 2001)])
+    hist = EWHistogram(edges, halflife=1e12)
+
+    hist.update(x)
+
+    bins = np.searchsorted(edges[0], x[:, 0], side="right")
+    expected = np.bincount(bins, minlength=MAX_EDGES + 1) / len(x)
+    np.testing.assert_allclose(hist.fractions[0], expected, atol=1e-9)
+    assert hist.fractions[0][-1] > 0.1  # the values above +3 reached bin MAX_EDGES
+    with pytest.raises(ValueError, match="at most 255 bin edges"):
+        EWHistogram([list(range(MAX_EDGES + 1))], halflife=8)
