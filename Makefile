@@ -45,7 +45,7 @@ demo: install ## train if needed, then show the detectors on healthy, x10 and co
 	@ls $(ARTIFACTS)/*/manifest.json >/dev/null 2>&1 || $(BIN)/python -m training.train --output $(ARTIFACTS)
 	$(BIN)/python -m service.demo --artifacts $(ARTIFACTS)
 
-bench: install ## train if needed, then the side-by-side benchmark into results/ (~10 min)
+bench: install ## train if needed, then the side-by-side benchmark into results/ (~27 min)
 	@ls $(ARTIFACTS)/*/manifest.json >/dev/null 2>&1 || $(BIN)/python -m training.train --output $(ARTIFACTS)
 	$(BIN)/python -m benchmarks run --artifacts $(ARTIFACTS) --output-dir results
 

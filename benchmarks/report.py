@@ -118,8 +118,14 @@ def targets(results: dict, soak: dict | None = None) -> list[dict]:
 
 
 def _overhead_target(results: dict, modes) -> dict:
-    """Monitoring on / off, worst mode. From the paired rounds when the run took them (the
-    median pair per mode), else from the ratio of the sweep peaks; the detail gives both."""
+    """Monitoring on / off, worst mode. From the paired rounds when the run took them, else
+    from the ratio of the sweep peaks; the detail gives every estimate.
+
+    With pairs, the figure is the lower of two estimates per mode: the median pair's throughput
+    ratio, and one minus the monitoring thread's median share of the service's CPU. The service
+    is CPU-bound, so CPU spent on monitoring is throughput lost; that share is read from the
+    kernel's per-thread accounting and carries none of the machine's load drift, while the
+    throughput pairs do (and two processes of the same build differ by a few percent)."""
     peaks = {}
     for mode, points in modes("service").items():
         on = peak(points, "windows_per_s")
@@ -130,16 +136,23 @@ def _overhead_target(results: dict, modes) -> dict:
               if o.get("median_ratio") is not None}
     peak_text = ", ".join(f"{m} {r:.3f}×" for m, r in peaks.items())
     if paired:
-        worst = min(paired, key=lambda m: paired[m]["median_ratio"])
+        shares = {m: o.get("median_monitor_cpu_share") for m, o in paired.items()}
+        estimate = {m: min(o["median_ratio"], 1.0 - (shares[m] or 0.0))
+                    for m, o in paired.items()}
+        worst = min(estimate, key=estimate.get)
         n = len(paired[worst]["pairs"])
+        share_text = ", ".join(f"{m} {v:.1%}" for m, v in shares.items() if v is not None)
         detail = (f"median of {n} back-to-back on/off pairs per mode at the off-peak "
                   "concurrency: " + ", ".join(
                       f"{m} {o['median_ratio']:.3f}× (c={o['concurrency']}, pairs "
                       f"{o['min_ratio']:.2f}–{o['max_ratio']:.2f})" for m, o in paired.items())
+                  + (f"; monitoring thread's share of the service's CPU: {share_text}"
+                     if share_text else "")
                   + f"; ratio of sweep peaks: {peak_text}")
         return _target("monitoring_overhead",
-                       "Monitoring overhead: throughput on / off (worst mode, paired rounds)",
-                       "≥ 0.95×", ">=", 0.95, paired[worst]["median_ratio"], detail)
+                       "Monitoring overhead: throughput on / off (worst mode; the lower of the "
+                       "paired rounds' median and 1 − monitoring's CPU share)",
+                       "≥ 0.95×", ">=", 0.95, estimate[worst], detail)
     worst = min(peaks, key=peaks.get) if peaks else None
     return _target("monitoring_overhead",
                    "Monitoring overhead: peak throughput on / off (worst mode)",
@@ -153,14 +166,17 @@ def overhead_table(results: dict) -> str:
     if not overhead:
         return "Not measured in this run (`--overhead-pairs 0`); the target uses the sweep peaks."
     lines = ["| Mode | Concurrency | Pairs (on / off windows/s, first of the pair) "
-             "| Median ratio |", "|---|---|---|---|"]
+             "| Median ratio | Monitoring thread's share of the service's CPU (median) |",
+             "|---|---|---|---|---|"]
     for mode, o in overhead.items():
         pairs = "<br>".join(
             f"{p['on_windows_per_s']:,.0f} / {p['off_windows_per_s']:,.0f} = "
             + (f"{p['ratio']:.3f}" if p["ratio"] is not None else "n/a")
             + f" ({p['first']} first)" for p in o["pairs"])
         median = "–" if o["median_ratio"] is None else f"{o['median_ratio']:.3f}×"
-        lines.append(f"| {mode} | {o['concurrency']} | {pairs} | {median} |")
+        share = o.get("median_monitor_cpu_share")
+        share = "–" if share is None else f"{share:.1%}"
+        lines.append(f"| {mode} | {o['concurrency']} | {pairs} | {median} | {share} |")
     return "\n".join(lines)
 
 

@@ -33,6 +33,7 @@ from benchmarks.model_ceiling import CeilingProcess
 from benchmarks.servers import ServerProcess, batching_flags, server_env, systems
 from benchmarks.stats import per_second_cv, summarize
 from benchmarks.workload import MODES, held_out, model_shape
+from service.threads import MONITOR_THREAD
 
 SCHEMA = "forecast-bench/1"
 
@@ -75,9 +76,11 @@ def measure_point(
         timeout=config.timeout, stream_depth=config.stream_depth,
     )
     _sleep_until(start_at + config.warmup)
-    cpu_start, metrics_start = server.cpu_seconds(), server.scrape()
+    cpu_start, threads_start = server.cpu_seconds(), server.thread_cpu_seconds()
+    metrics_start = server.scrape()
     _sleep_until(start_at + config.warmup + config.duration)
-    cpu_end, metrics_end = server.cpu_seconds(), server.scrape()
+    cpu_end, threads_end = server.cpu_seconds(), server.thread_cpu_seconds()
+    metrics_end = server.scrape()
     rss = server.rss_bytes()
     result: PointResult = pool.collect(processes, lanes)
     idle_wait = server.wait_idle()
@@ -102,6 +105,12 @@ def measure_point(
         "requests_per_s_cv": per_second_cv(result.completions, config.duration),
         "client_cpu_cores": result.client_cpu_seconds / config.duration,
         "server_cpu_cores": (cpu_end - cpu_start) / config.duration,
+        # Per OS thread name, the busiest first (the service's model and monitoring threads
+        # are named; CPU that monitoring takes is read here without the machine's drift).
+        "server_thread_cpu_cores": dict(sorted(
+            ((name, (t - threads_start.get(name, 0.0)) / config.duration)
+             for name, t in threads_end.items() if t > threads_start.get(name, 0.0)),
+            key=lambda item: -item[1])),
         "server_rss_mib": rss / 2**20,
         "mean_model_batch": (batched / calls) if calls else None,
         "seconds_until_server_idle": idle_wait,
@@ -271,18 +280,29 @@ def monitoring_overhead(
             "off_windows_per_s": w_off,
             "ratio": w_on / w_off if w_off else None,
             "errors": got[on.system.name]["errors"] + got[off.system.name]["errors"],
+            "on_monitor_cpu_share": monitor_cpu_share(got[on.system.name]),
         })
         progress(f"  monitoring on/off {mode:<8} c={concurrency:<4} pair {i + 1}: "
                  f"{w_on:,.0f} / {w_off:,.0f} windows/s = "
                  + (f"{pairs[-1]['ratio']:.3f}" if w_off else "n/a"))
     ratios = sorted(p["ratio"] for p in pairs if p["ratio"] is not None)
+    shares = [p["on_monitor_cpu_share"] for p in pairs if p["on_monitor_cpu_share"] is not None]
     return {
         "concurrency": concurrency,
         "pairs": pairs,
         "median_ratio": statistics.median(ratios) if ratios else None,
         "min_ratio": ratios[0] if ratios else None,
         "max_ratio": ratios[-1] if ratios else None,
+        "median_monitor_cpu_share": statistics.median(shares) if shares else None,
     }
+
+
+def monitor_cpu_share(point: dict) -> float | None:
+    """The monitoring thread's share of the service's CPU during a point (None when the
+    server used no CPU or has no thread of that name)."""
+    total = point["server_cpu_cores"]
+    monitor = point["server_thread_cpu_cores"].get(MONITOR_THREAD)
+    return monitor / total if monitor is not None and total > 0 else None
 
 
 def _progress_line(system: str, mode: str, point: dict) -> str:

@@ -184,6 +184,19 @@ class ServerProcess:
         fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
         return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
 
+    def thread_cpu_seconds(self) -> dict[str, float]:
+        """User + system CPU time so far per OS thread name (threads of one name summed; the
+        service names its model and monitoring threads, see ``service.batching``)."""
+        by_name: dict[str, float] = {}
+        for task in Path(f"/proc/{self.pid}/task").iterdir():
+            try:
+                name = (task / "comm").read_text().strip()
+                fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+            except (FileNotFoundError, ProcessLookupError):  # the thread ended meanwhile
+                continue
+            by_name[name] = by_name.get(name, 0.0) + (int(fields[11]) + int(fields[12]))
+        return {name: ticks / CLOCK_TICKS for name, ticks in by_name.items()}
+
     def wait_idle(self, *, below_cores: float = 0.1, step: float = 0.25,
                   limit: float = 30.0) -> float:
         """Wait until the server uses less than ``below_cores`` CPU (work left over from

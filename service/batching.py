@@ -24,6 +24,7 @@ import numpy as np
 
 from service.errors import InvalidWindow, ModelNotReady, Overloaded
 from service.forecaster import BatchResult
+from service.threads import MODEL_THREAD, MONITOR_THREAD, name_os_thread
 
 log = logging.getLogger(__name__)
 
@@ -56,8 +57,15 @@ class MicroBatcher:
         self._pending: deque[_Item] = deque()
         self._depth = 0
         self._wakeup = asyncio.Event()
-        self._model_thread = ThreadPoolExecutor(1, thread_name_prefix="model")
-        self._observer_thread = ThreadPoolExecutor(1, thread_name_prefix="monitor")
+        self._model_thread = ThreadPoolExecutor(
+            1, thread_name_prefix="model", initializer=name_os_thread, initargs=(MODEL_THREAD,)
+        )
+        self._observer_thread = ThreadPoolExecutor(
+            1,
+            thread_name_prefix="monitor",
+            initializer=name_os_thread,
+            initargs=(MONITOR_THREAD,),
+        )
         self._worker: asyncio.Task | None = None
         self._closed = False
 

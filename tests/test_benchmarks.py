@@ -20,6 +20,7 @@ from benchmarks.run import median_round
 from benchmarks.soak import rss_figures
 from benchmarks.stats import FIGURE_KEYS
 from benchmarks.workload import MODES
+from service.threads import MODEL_THREAD
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SYSTEMS = ("transport_ceiling", "naive", "service", "service_no_monitoring")
@@ -78,6 +79,10 @@ def test_bench_json_has_every_system_mode_and_figure(bench_dir: Path):
                 assert point["requests"] > 0, (name, mode)
                 assert point["errors"] == 0, (name, mode, point["error_codes"])
                 assert _finite(point["server_cpu_cores"]) and _finite(point["server_rss_mib"])
+                threads = point["server_thread_cpu_cores"]
+                assert all(_finite(v) and v > 0 for v in threads.values()), (name, threads)
+                if name.startswith("service"):  # the model thread is named for the OS
+                    assert MODEL_THREAD in threads, (name, mode, threads)
                 assert point["rounds"] == 2 and len(point["rounds_requests_per_s"]) == 2
                 assert point["requests_per_s"] in point["rounds_requests_per_s"]
     overhead = results["monitoring_overhead"]
@@ -89,6 +94,8 @@ def test_bench_json_has_every_system_mode_and_figure(bench_dir: Path):
             assert pair["errors"] == 0, (mode, pair)
             assert pair["ratio"] == pytest.approx(
                 pair["on_windows_per_s"] / pair["off_windows_per_s"])
+            share = pair["on_monitor_cpu_share"]
+            assert share is None or 0.0 < share < 1.0, (mode, pair)
         assert o["min_ratio"] <= o["median_ratio"] <= o["max_ratio"]
     ceiling = results["model_ceiling"]["by_batch_size"]
     assert {"1", "64", "256"} <= set(ceiling)
@@ -118,6 +125,7 @@ def test_bench_reports_targets_devices_and_machine(bench_dir: Path):
     assert "## Targets" in table and "StreamForecast" in table
     assert "## Monitoring overhead" in table
     assert "paired rounds" in targets["monitoring_overhead"]["figure"]
+    assert "Monitoring thread's share of the service's CPU" in table
     assert (bench_dir / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
@@ -197,6 +205,14 @@ def test_monitoring_overhead_target_uses_the_worst_median_pair_over_sweep_peaks(
     paired = {t["id"]: t for t in targets(results)}["monitoring_overhead"]
     assert paired["measured"] == 0.96 and paired["met"] is True
     assert "stream 0.960×" in paired["detail"] and "unary 0.909×" in paired["detail"]
+
+    # The monitoring thread's CPU share bounds the figure too: a 6% share misses the target
+    # even when the throughput pairs look fine.
+    results["monitoring_overhead"]["unary"]["median_monitor_cpu_share"] = 0.06
+    results["monitoring_overhead"]["stream"]["median_monitor_cpu_share"] = 0.02
+    bounded = {t["id"]: t for t in targets(results)}["monitoring_overhead"]
+    assert bounded["measured"] == pytest.approx(0.94) and bounded["met"] is False
+    assert "unary 6.0%" in bounded["detail"] and "stream 2.0%" in bounded["detail"]
 
 
 def test_rss_figures_use_only_samples_after_warmup():

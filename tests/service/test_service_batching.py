@@ -8,6 +8,7 @@ import time
 import warnings
 from collections.abc import Iterator
 from dataclasses import replace
+from pathlib import Path
 
 import grpc
 import numpy as np
@@ -19,6 +20,7 @@ from service.batching import MicroBatcher
 from service.client import request_from_windows
 from service.errors import ModelNotReady, Overloaded
 from service.forecaster import BatchResult, Forecaster
+from service.threads import MODEL_THREAD, MONITOR_THREAD
 
 TIMEOUT = 10.0
 
@@ -29,10 +31,12 @@ class BatchLog:
     def __init__(self):
         self._lock = threading.Lock()
         self._batches: list[BatchResult] = []
+        self.os_thread_names: set[str] = set()
 
     def __call__(self, result: BatchResult) -> None:
         with self._lock:
             self._batches.append(result)
+            self.os_thread_names.add(_os_thread_name(threading.get_native_id()))
 
     def take(self) -> list[BatchResult]:
         with self._lock:
@@ -49,6 +53,11 @@ class BatchLog:
                 break
             await asyncio.sleep(0.01)
         return self.take()
+
+
+def _os_thread_name(native_id: int) -> str:
+    path = Path(f"/proc/self/task/{native_id}/comm")
+    return path.read_text().strip() if path.exists() else ""
 
 
 @pytest.fixture(scope="module")
@@ -119,6 +128,19 @@ async def test_batch_observer_sees_inputs_and_outputs(
     # The inputs are the scaled windows: the training transform, applied once.
     expected_inputs, _ = artifacts.transform().encode_windows(windows[:3])
     np.testing.assert_allclose(batch.inputs, expected_inputs, rtol=1e-6)
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="needs Linux /proc")
+async def test_model_and_monitoring_threads_carry_os_names(observed_target, batch_log, windows):
+    """`top -H` and the benchmarks tell the model's and the monitoring's CPU apart by name."""
+    async with grpc.aio.insecure_channel(observed_target) as channel:
+        stub = pb_grpc.ForecastServiceStub(channel)
+        await stub.Forecast(request_from_windows(windows[:2]), timeout=TIMEOUT)
+    await batch_log.take_windows(2)
+
+    names = {p.read_text().strip() for p in Path("/proc/self/task").glob("*/comm")}
+    assert MODEL_THREAD in names
+    assert batch_log.os_thread_names == {MONITOR_THREAD}
 
 
 async def test_extreme_window_fails_alone_in_a_shared_batch(observed_target, batch_log, windows):
