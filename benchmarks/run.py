@@ -14,8 +14,8 @@ Order of work:
    measured is idle again. Idle servers sit on their sockets.
 3. Monitoring overhead: for each mode, ``overhead_pairs`` back-to-back pairs of the service
    with monitoring on and off at the concurrency where monitoring-off peaked, the order within
-   the pair alternating; the median pair's ratio is the figure (see
-   :func:`monitoring_overhead`).
+   the pair alternating, with the monitoring thread's share of the service's CPU read on each
+   "on" point (see :func:`monitoring_overhead`; the report's figure uses both).
 """
 
 from __future__ import annotations
@@ -264,8 +264,9 @@ def monitoring_overhead(
 
     Load on this machine drifts by more than the effect being measured (runs differ by up to
     20%), and a ratio of two sweep peaks taken minutes apart carries all of that drift. The two
-    points of a pair are seconds apart, so each pair's ratio cancels most of it; the median
-    pair is the figure, and every pair is kept."""
+    points of a pair are seconds apart, so each pair's ratio cancels most of it; every pair is
+    kept, with the median. The monitoring thread's CPU share (kernel per-thread accounting)
+    carries no drift at all; its median is kept beside the ratios."""
     pairs = []
     for i in range(config.overhead_pairs):
         got = {}

@@ -56,8 +56,11 @@ class BatchLog:
 
 
 def _os_thread_name(native_id: int) -> str:
-    path = Path(f"/proc/self/task/{native_id}/comm")
-    return path.read_text().strip() if path.exists() else ""
+    """The OS name of a thread of this process ("" if it ended meanwhile)."""
+    try:
+        return Path(f"/proc/self/task/{native_id}/comm").read_text().strip()
+    except (FileNotFoundError, ProcessLookupError):
+        return ""
 
 
 @pytest.fixture(scope="module")
@@ -138,7 +141,7 @@ async def test_model_and_monitoring_threads_carry_os_names(observed_target, batc
         await stub.Forecast(request_from_windows(windows[:2]), timeout=TIMEOUT)
     await batch_log.take_windows(2)
 
-    names = {p.read_text().strip() for p in Path("/proc/self/task").glob("*/comm")}
+    names = {_os_thread_name(int(task.name)) for task in Path("/proc/self/task").iterdir()}
     assert MODEL_THREAD in names
     assert batch_log.os_thread_names == {MONITOR_THREAD}
 
