@@ -30,6 +30,7 @@ from pathlib import Path
 from benchmarks.load import ClientPool, PointResult
 from benchmarks.machine import machine_info
 from benchmarks.model_ceiling import CeilingProcess
+from benchmarks.report import peak
 from benchmarks.servers import ServerProcess, batching_flags, server_env, systems
 from benchmarks.stats import per_second_cv, summarize
 from benchmarks.workload import MODES, held_out, model_shape
@@ -233,7 +234,8 @@ def run(config: RunConfig, *, progress=print) -> dict:
             results["monitoring_overhead"] = {
                 mode: monitoring_overhead(
                     pool, by_name["service"], by_name["service_no_monitoring"], mode,
-                    saturation(results["systems"]["service_no_monitoring"]["modes"][mode]),
+                    peak(results["systems"]["service_no_monitoring"]["modes"][mode],
+                         "windows_per_s")["concurrency"],
                     config, progress=progress,
                 )
                 for mode in config.sweeps
@@ -248,11 +250,6 @@ def run(config: RunConfig, *, progress=print) -> dict:
     results["machine"]["load_average_1m_at_end"] = round(os.getloadavg()[0], 2)
     results["wall_seconds"] = round(time.time() - started, 1)
     return results
-
-
-def saturation(points: list[dict]) -> int:
-    """The concurrency of the highest-throughput point (of the median rounds)."""
-    return max(points, key=lambda p: p["windows_per_s"])["concurrency"]
 
 
 def monitoring_overhead(

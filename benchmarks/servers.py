@@ -81,6 +81,12 @@ def server_env(device: str) -> dict[str, str]:
     return env
 
 
+def _cpu_seconds(stat: Path) -> float:
+    """User + system CPU time from a /proc ``stat`` file (a process's or one thread's)."""
+    fields = stat.read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+
 class ServerError(RuntimeError):
     pass
 
@@ -181,21 +187,20 @@ class ServerProcess:
 
     def cpu_seconds(self) -> float:
         """User + system CPU time of every thread so far."""
-        fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+        return _cpu_seconds(Path(f"/proc/{self.pid}/stat"))
 
     def thread_cpu_seconds(self) -> dict[str, float]:
         """User + system CPU time so far per OS thread name (threads of one name summed; the
-        service names its model and monitoring threads, see ``service.batching``)."""
+        service names its model and monitoring threads, see ``service.threads``)."""
         by_name: dict[str, float] = {}
         for task in Path(f"/proc/{self.pid}/task").iterdir():
             try:
                 name = (task / "comm").read_text().strip()
-                fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+                seconds = _cpu_seconds(task / "stat")
             except (FileNotFoundError, ProcessLookupError):  # the thread ended meanwhile
                 continue
-            by_name[name] = by_name.get(name, 0.0) + (int(fields[11]) + int(fields[12]))
-        return {name: ticks / CLOCK_TICKS for name, ticks in by_name.items()}
+            by_name[name] = by_name.get(name, 0.0) + seconds
+        return by_name
 
     def wait_idle(self, *, below_cores: float = 0.1, step: float = 0.25,
                   limit: float = 30.0) -> float:
