@@ -8,6 +8,7 @@ batcher's observer thread) and is a custom collector: its gauges are computed at
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Iterator
 
 import numpy as np
@@ -114,10 +115,18 @@ class PredictionMonitor:
         manifest: dict,
         *,
         on_collapse_change: Callable[[bool], None] | None = None,
-        update_every: int = 16,
+        update_every: int = 2048,
+        max_delay: float = 0.1,
+        clock: Callable[[], float] = time.monotonic,
     ):
-        """``update_every``: windows buffered before the detectors update (amortises the
-        per-update overhead when the model runs small batches; scrapes flush the buffer)."""
+        """Model batches are buffered and the detectors update once ``update_every`` windows
+        are waiting or the oldest has waited ``max_delay`` seconds, whichever comes first. An
+        update has a fixed cost of a few dozen numpy calls whatever its size, so under load
+        the buffer amortises it over hundreds of windows, and under light traffic the delay
+        bound keeps the collapse action prompt. A scrape applies the buffer first, so the
+        exported figures always include every window served, and the service calls
+        :meth:`flush` when traffic pauses, so a collapse seen in the last batches before a
+        lull still acts at once."""
         section = manifest.get("monitoring")
         if not section:
             raise ValueError("manifest has no 'monitoring' calibration section")
@@ -125,10 +134,14 @@ class PredictionMonitor:
         self.feature_names = list(manifest["feature_names"])
         horizon = int(manifest["horizon"])
         reference = manifest["reference"]
-        self._pred_std = np.maximum(np.asarray(reference["validation_prediction_std"]), 1e-12)
         features = reference["features"]
-        self._in_mean = np.array([features[n]["mean"] for n in self.feature_names])
-        self._in_std = np.maximum(np.array([features[n]["std"] for n in self.feature_names]), 1e-12)
+        # Standardization of [raw output | newest input row]: outputs by the validation std
+        # around 0, inputs by the training mean and std.
+        pred_std = np.broadcast_to(reference["validation_prediction_std"], (horizon,))
+        in_mean = np.array([features[n]["mean"] for n in self.feature_names])
+        in_std = np.array([features[n]["std"] for n in self.feature_names])
+        self._z_shift = np.concatenate([np.zeros(horizon), in_mean])
+        self._z_scale = 1.0 / np.maximum(np.concatenate([pred_std, in_std]), 1e-12)
         self.collapse = CollapseDetector(
             horizon=horizon,
             n_features=len(self.feature_names),
@@ -153,16 +166,25 @@ class PredictionMonitor:
         self._horizon = horizon
         self._sums = np.zeros((4, horizon + n_f))
         self._update_every = max(1, update_every)
+        self._max_delay = max_delay
+        self._clock = clock
         self._pending: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
         self._pending_windows = 0
+        self._pending_since = 0.0
 
     def observe(self, last_rows: np.ndarray, raw_output: np.ndarray, forecasts: np.ndarray) -> None:
         """One model batch: newest scaled input row per window ``[n, F]``, raw output
         ``[n, horizon]``, forecasts in target units ``[n, horizon]``."""
+        now = self._clock()
         with self._lock:
+            if not self._pending:
+                self._pending_since = now
             self._pending.append((last_rows, raw_output, forecasts))
             self._pending_windows += len(last_rows)
-            if self._pending_windows < self._update_every:
+            if (
+                self._pending_windows < self._update_every
+                and now - self._pending_since < self._max_delay
+            ):
                 return
             change = self._flush()
         if change is not None and self._on_change is not None:
@@ -184,15 +206,20 @@ class PredictionMonitor:
         )
         self._pending.clear()
         self._pending_windows = 0
-        z = np.hstack([raw_output / self._pred_std, (last_rows - self._in_mean) / self._in_std])
         was = self.collapse.collapsed
         self.collapse.update(raw_output, last_rows)
         self.drift.update(last_rows)
         self._target.update(forecasts)
+        z = (np.hstack([raw_output, last_rows]) - self._z_shift) * self._z_scale
+        # Column sums as products with a ones vector (BLAS; numpy's axis-0 reductions over a
+        # narrow matrix are several times slower). Positive and negative parts come from the
+        # sums of z and |z| (clipped at 0: the counters must never go down, whatever rounding).
+        ones = np.ones(len(z))
+        signed, magnitude = ones @ z, ones @ np.abs(z)
         sums = self._sums
         sums[0] += len(z)
-        sums[1] += np.maximum(z, 0.0).sum(axis=0)
-        sums[2] -= np.minimum(z, 0.0).sum(axis=0)
+        sums[1] += np.maximum(0.5 * (magnitude + signed), 0.0)
+        sums[2] += np.maximum(0.5 * (magnitude - signed), 0.0)
         sums[3] += np.einsum("ij,ij->j", z, z)
         return self.collapse.collapsed if self.collapse.collapsed != was else None
 
@@ -200,12 +227,14 @@ class PredictionMonitor:
         return []
 
     def collect(self) -> Iterator:
-        change = None
+        # Everything happens before the first yield: a reader that stops early (as
+        # registry.get_sample_value does) must not skip the collapse callback.
         with self._lock:
             change = self._flush()
-            yield from self._families()
+            families = list(self._families())
         if change is not None and self._on_change is not None:
             self._on_change(change)
+        yield from families
 
     def _families(self) -> Iterator:
         c, d = self.collapse, self.drift

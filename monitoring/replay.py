@@ -57,6 +57,7 @@ def replay(manifest: dict, traffic: Traffic, order: np.ndarray, batch: int = 8) 
     max_psi = 0.0
     for lo in range(0, len(order), batch):
         monitor.observe(*traffic.take(order[lo : lo + batch]))
+        monitor.flush()  # read the state a scrape would read after this batch
         collapsed = monitor.collapse.collapsed
         collapse_alarms += int(collapsed and not was_collapsed)
         was_collapsed = collapsed
@@ -99,10 +100,12 @@ def windows_until_flagged(
     n = len(healthy)
     for lo in range(0, warm_up, batch):
         monitor.observe(*healthy.take(np.arange(lo, min(lo + batch, warm_up)) % n))
+    monitor.flush()
     if monitor.collapse.collapsed or monitor.drift.drifted.any():
         raise AssertionError("healthy warm-up traffic already raised an alarm")
     for k in range(0, limit, batch):
         monitor.observe(*faulty.take(np.arange(warm_up + k, warm_up + k + batch) % n))
+        monitor.flush()  # what a scrape after these windows would read
         if kind == "collapse" and monitor.collapse.collapsed:
             return k + batch
         if kind == "drift" and monitor.drift.drifted.any():

@@ -15,6 +15,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import queue
+import threading
+import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -48,23 +51,21 @@ class MicroBatcher:
         max_queue_windows: int,
         max_wait_s: float = 0.0,
         observers: tuple[BatchObserver, ...] = (),
+        on_idle: Callable[[], None] | None = None,
     ):
+        """``observers`` run on every model batch, on the monitoring thread; ``on_idle`` runs
+        there too, once traffic has paused for ``_ObserverThread.IDLE_SECONDS`` (observers
+        that buffer batches apply what they hold)."""
         self._predict = predict
         self._max_batch = max_batch_size
         self._max_queue = max_queue_windows
         self._max_wait = max_wait_s
-        self._observers = observers
+        self._observers = _ObserverThread(observers, on_idle) if observers else None
         self._pending: deque[_Item] = deque()
         self._depth = 0
         self._wakeup = asyncio.Event()
         self._model_thread = ThreadPoolExecutor(
             1, thread_name_prefix="model", initializer=name_os_thread, initargs=(MODEL_THREAD,)
-        )
-        self._observer_thread = ThreadPoolExecutor(
-            1,
-            thread_name_prefix="monitor",
-            initializer=name_os_thread,
-            initargs=(MONITOR_THREAD,),
         )
         self._worker: asyncio.Task | None = None
         self._closed = False
@@ -75,6 +76,8 @@ class MicroBatcher:
         return self._depth
 
     def start(self) -> None:
+        if self._observers is not None:
+            self._observers.start()
         self._worker = asyncio.get_running_loop().create_task(self._run(), name="micro-batcher")
 
     async def close(self) -> None:
@@ -84,7 +87,8 @@ class MicroBatcher:
         if self._worker is not None:
             await self._worker
         self._model_thread.shutdown(wait=True)
-        self._observer_thread.shutdown(wait=True)
+        if self._observers is not None:
+            self._observers.close()
 
     async def submit(self, windows: np.ndarray, deadline: float | None = None) -> np.ndarray:
         """Forecasts ``[n, horizon]`` for ``windows`` ``[n, window, features]``."""
@@ -133,8 +137,8 @@ class MicroBatcher:
                         item.future.set_exception(exc)
                 continue
             self._deliver(batch, result)
-            if self._observers:  # one hand-off per batch, however many observers
-                self._observer_thread.submit(_observe, self._observers, result)
+            if self._observers is not None:
+                self._observers.put(result)
 
     def _take(self, now: float) -> list[_Item]:
         batch: list[_Item] = []
@@ -170,9 +174,64 @@ class MicroBatcher:
                 )
 
 
-def _observe(observers: tuple[BatchObserver, ...], result: BatchResult) -> None:
-    for observer in observers:
+class _ObserverThread:
+    """Runs the observers on every model batch, in order, on one thread of their own.
+
+    The event loop's side of a hand-off is one put on a C-level queue: no future, no Python
+    lock. The thread wakes at most ``1 / COALESCE_SECONDS`` times a second: after handling
+    what is queued it pauses, so the batches that arrive meanwhile are picked up together,
+    and a put finds no sleeper to wake (under load, a wake-up per small batch would cost more
+    kernel time than the observers themselves)."""
+
+    COALESCE_SECONDS = 0.01
+    IDLE_SECONDS = 0.1
+
+    def __init__(self, observers: tuple[BatchObserver, ...], on_idle: Callable[[], None] | None):
+        self._observers = observers
+        self._on_idle = on_idle
+        self._queue: queue.SimpleQueue[BatchResult | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._loop, name="monitor", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def put(self, result: BatchResult) -> None:
+        self._queue.put(result)
+
+    def close(self) -> None:
+        """Observe every batch already handed off, then stop."""
+        if self._thread.is_alive():
+            self._queue.put(None)
+            self._thread.join()
+
+    def _loop(self) -> None:
+        name_os_thread(MONITOR_THREAD)
+        busy = False  # batches observed since the last idle call
+        while True:
+            try:
+                result = self._queue.get(timeout=self.IDLE_SECONDS if busy else None)
+            except queue.Empty:
+                busy = False
+                self._guarded(self._on_idle)
+                continue
+            while result is not None:
+                busy = self._on_idle is not None
+                for observer in self._observers:
+                    self._guarded(observer, result)
+                try:
+                    result = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+            if result is None:
+                self._guarded(self._on_idle)
+                return
+            time.sleep(self.COALESCE_SECONDS)
+
+    @staticmethod
+    def _guarded(call: Callable | None, *args) -> None:
+        if call is None:
+            return
         try:
-            observer(result)
+            call(*args)
         except Exception:  # noqa: BLE001 - monitoring must never take serving down
-            log.exception("batch observer %r failed", observer)
+            log.exception("batch observer %r failed", call)

@@ -142,6 +142,7 @@ async def create_server(
         max_queue_windows=settings.max_queue_windows,
         max_wait_s=settings.max_wait_ms / 1000.0,
         observers=observers,
+        on_idle=monitor.flush if monitor is not None else None,
     )
     if metrics is not None:
         metrics.queue_depth.set_function(lambda: batcher.queue_depth)

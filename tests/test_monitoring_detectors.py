@@ -82,6 +82,7 @@ def test_stale_feed_reads_as_collapsed(artifacts, healthy):
     same = np.full(128, 7)
 
     monitor.observe(*healthy.take(same))
+    monitor.flush()
 
     assert monitor.collapse.collapsed
 
@@ -114,9 +115,12 @@ def test_input_scale_drift_is_flagged_within_256_windows(artifacts, healthy, raw
 def test_psi_waits_for_an_effective_sample_of_500_windows(artifacts, healthy):
     monitor = PredictionMonitor(artifacts.manifest)
     monitor.observe(*healthy.take(np.arange(200) % len(healthy)))
+    monitor.flush()
+    assert monitor.drift.hist.count == 200
     assert np.isnan(monitor.drift.psi).all()
 
     monitor.observe(*healthy.take(np.arange(200, 2000) % len(healthy)))
+    monitor.flush()
 
     assert monitor.drift.hist.effective_samples >= 500
     assert np.isfinite(monitor.drift.psi).all()

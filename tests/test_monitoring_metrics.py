@@ -148,6 +148,33 @@ def test_sufficient_statistics_never_decrease(manifest):
     assert after[2] > before[2]  # the negative part grew
 
 
+def test_detectors_update_when_enough_windows_wait_or_the_oldest_is_old(manifest):
+    now = [0.0]
+    registry = CollectorRegistry()
+    monitor = PredictionMonitor(manifest, update_every=64, max_delay=1.0, clock=lambda: now[0])
+    registry.register(monitor)
+    f, h = len(manifest["feature_names"]), int(manifest["horizon"])
+
+    def batch(n):
+        monitor.observe(np.zeros((n, f)), np.zeros((n, h)), np.zeros((n, h)))
+
+    batch(10)
+    assert monitor.collapse.pred.count == 0  # buffered
+    now[0] = 0.5
+    batch(60)
+    assert monitor.collapse.pred.count == 70  # 70 windows waiting >= 64
+    batch(5)
+    now[0] = 1.4
+    batch(5)
+    assert monitor.collapse.pred.count == 70  # the oldest has waited 0.9 s
+    now[0] = 1.5
+    batch(5)
+    assert monitor.collapse.pred.count == 85  # ... and now 1.0 s
+    batch(3)
+
+    assert registry.get_sample_value("forecast_monitored_windows_total") == 88  # scrape applies
+
+
 def test_collapse_transition_counts_an_event_and_calls_back(manifest):
     changes = []
     registry = CollectorRegistry()

@@ -336,7 +336,7 @@ def test_sigterm_under_load_completes_every_accepted_rpc(tmp_path, trained_versi
     codes = Counter(code for _, _, code in calls)
     assert set(codes) <= {OK, grpc.StatusCode.UNAVAILABLE}, codes
     # Started well before the signal and still running at it: certainly accepted by the server
-    # (each call queues 256 windows behind 31 others, so it stays in flight for a while).
+    # (each call queues 256 windows behind 63 others, so it stays in flight for ~0.4 s).
     in_flight = [c for c in calls if c[0] < sigterm_at - 0.2 and c[1] > sigterm_at]
     assert in_flight, "no request was in flight at SIGTERM"
     assert all(code == OK for _, _, code in in_flight)
@@ -349,6 +349,9 @@ def test_sigterm_under_load_completes_every_accepted_rpc(tmp_path, trained_versi
         f"OK; {len(late)} later calls UNAVAILABLE; exit 0 after {exit_after:.2f}s "
         f"(grace {grace:.0f}s)"
     )
+
+
+DRAIN_CLIENTS = 64  # x 256 windows: exactly --max-queue-windows
 
 
 async def _drain(service, windows, grace):
@@ -370,7 +373,7 @@ async def _drain(service, windows, grace):
 
     async with grpc.aio.insecure_channel(service.target) as channel:
         stub = pb_grpc.ForecastServiceStub(channel)
-        tasks = [asyncio.create_task(client(stub)) for _ in range(32)]
+        tasks = [asyncio.create_task(client(stub)) for _ in range(DRAIN_CLIENTS)]
         await asyncio.sleep(3.0)
         sigterm_at = time.monotonic()
         service.terminate()
