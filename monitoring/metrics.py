@@ -1,8 +1,9 @@
 """Prometheus metrics of one service instance, built on a registry passed in (no global state).
 
 :class:`ServingMetrics` holds the request/batch metrics the service updates directly.
-:class:`PredictionMonitor` runs the detectors on each model batch (off the response path, on the
-batcher's observer thread) and is a custom collector: its gauges are computed at scrape time.
+:class:`PredictionMonitor` runs the detectors on the model's batches (buffered, off the response
+path, on the batcher's monitoring thread) and is a custom collector: its gauges are computed at
+scrape time.
 """
 
 from __future__ import annotations
@@ -119,14 +120,16 @@ class PredictionMonitor:
         max_delay: float = 0.1,
         clock: Callable[[], float] = time.monotonic,
     ):
-        """Model batches are buffered and the detectors update once ``update_every`` windows
-        are waiting or the oldest has waited ``max_delay`` seconds, whichever comes first. An
-        update has a fixed cost of a few dozen numpy calls whatever its size, so under load
-        the buffer amortises it over hundreds of windows, and under light traffic the delay
-        bound keeps the collapse action prompt. A scrape applies the buffer first, so the
-        exported figures always include every window served, and the service calls
-        :meth:`flush` when traffic pauses, so a collapse seen in the last batches before a
-        lull still acts at once."""
+        """Model batches are buffered, and the detectors update once ``update_every`` windows
+        wait or, when a batch arrives, the oldest has waited ``max_delay`` seconds. An update
+        has a fixed cost of a few dozen numpy calls whatever its size, so under load the
+        buffer spreads it over hundreds of windows, and under light traffic the delay bound
+        keeps the collapse action prompt. :meth:`flush` applies the buffer at once: a scrape
+        calls it first, so the exported figures include every window observed so far, and the
+        service calls it when traffic pauses.
+
+        ``on_collapse_change(collapsed)`` is called under the monitor's lock, in the order of
+        the transitions; it must return quickly and not call back into the monitor."""
         section = manifest.get("monitoring")
         if not section:
             raise ValueError("manifest has no 'monitoring' calibration section")
@@ -182,30 +185,42 @@ class PredictionMonitor:
             self._pending.append((last_rows, raw_output, forecasts))
             self._pending_windows += len(last_rows)
             if (
-                self._pending_windows < self._update_every
-                and now - self._pending_since < self._max_delay
+                self._pending_windows >= self._update_every
+                or now - self._pending_since >= self._max_delay
             ):
-                return
-            change = self._flush()
-        if change is not None and self._on_change is not None:
-            self._on_change(change)
+                self._flush()
 
     def flush(self) -> None:
-        """Apply buffered windows now (scrapes do this; tests may too)."""
+        """Apply the buffered windows now: before a scrape, when traffic pauses, at shutdown,
+        and after each batch of a replay."""
         with self._lock:
-            change = self._flush()
-        if change is not None and self._on_change is not None:
-            self._on_change(change)
+            self._flush()
 
-    def _flush(self) -> bool | None:
-        """Update the detectors with the buffer; returns the new collapse state if it changed."""
+    def _flush(self) -> None:
+        """Update the detectors with the buffer (under the lock). A change of the collapse state
+        is reported from here, so transitions reach the callback in the order they happened."""
         if not self._pending:
-            return None
+            return
         last_rows, raw_output, forecasts = (
             np.concatenate(parts, dtype=np.float64) for parts in zip(*self._pending, strict=True)
         )
         self._pending.clear()
         self._pending_windows = 0
+        finite = (
+            np.isfinite(raw_output).all(axis=1)
+            & np.isfinite(last_rows).all(axis=1)
+            & np.isfinite(forecasts).all(axis=1)
+        )
+        if not finite.all():
+            # Windows too extreme to forecast (their callers got INVALID_ARGUMENT) would turn
+            # every statistic into NaN for good.
+            last_rows, raw_output, forecasts = (
+                last_rows[finite],
+                raw_output[finite],
+                forecasts[finite],
+            )
+            if not len(last_rows):
+                return
         was = self.collapse.collapsed
         self.collapse.update(raw_output, last_rows)
         self.drift.update(last_rows)
@@ -221,19 +236,18 @@ class PredictionMonitor:
         sums[1] += np.maximum(0.5 * (magnitude + signed), 0.0)
         sums[2] += np.maximum(0.5 * (magnitude - signed), 0.0)
         sums[3] += np.einsum("ij,ij->j", z, z)
-        return self.collapse.collapsed if self.collapse.collapsed != was else None
+        if self.collapse.collapsed != was and self._on_change is not None:
+            self._on_change(self.collapse.collapsed)
 
     def describe(self):
         return []
 
     def collect(self) -> Iterator:
         # Everything happens before the first yield: a reader that stops early (as
-        # registry.get_sample_value does) must not skip the collapse callback.
+        # registry.get_sample_value does) must not leave the buffer half applied.
         with self._lock:
-            change = self._flush()
+            self._flush()
             families = list(self._families())
-        if change is not None and self._on_change is not None:
-            self._on_change(change)
         yield from families
 
     def _families(self) -> Iterator:

@@ -100,7 +100,7 @@ def windows_until_flagged(
     n = len(healthy)
     for lo in range(0, warm_up, batch):
         monitor.observe(*healthy.take(np.arange(lo, min(lo + batch, warm_up)) % n))
-    monitor.flush()
+        monitor.flush()  # the same decision points however fast this machine runs
     if monitor.collapse.collapsed or monitor.drift.drifted.any():
         raise AssertionError("healthy warm-up traffic already raised an alarm")
     for k in range(0, limit, batch):

@@ -19,11 +19,16 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s"
     )
+    from threadpoolctl import threadpool_limits
+
     from service.server import serve  # deferred: imports TensorFlow
     from training.artifacts import ArtifactError, load_artifacts
     from training.model import configure_devices
 
     device = configure_devices()
+    # numpy's BLAS only serves the monitoring thread's small products. Left at one thread per
+    # core, OpenBLAS splits those across a worker that then spins on a core the event loop needs.
+    threadpool_limits(limits=1, user_api="blas")
     try:
         artifacts = load_artifacts(settings.artifacts)
     except ArtifactError as exc:

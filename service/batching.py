@@ -53,14 +53,14 @@ class MicroBatcher:
         observers: tuple[BatchObserver, ...] = (),
         on_idle: Callable[[], None] | None = None,
     ):
-        """``observers`` run on every model batch, on the monitoring thread; ``on_idle`` runs
-        there too, once traffic has paused for ``_ObserverThread.IDLE_SECONDS`` (observers
-        that buffer batches apply what they hold)."""
+        """``observers`` run on every model batch, on the monitoring thread. ``on_idle`` runs
+        there too, once traffic has paused for ``_ObserverThread.IDLE_SECONDS`` and once at
+        close, after the last batch (observers that buffer batches apply what they hold)."""
         self._predict = predict
         self._max_batch = max_batch_size
         self._max_queue = max_queue_windows
         self._max_wait = max_wait_s
-        self._observers = _ObserverThread(observers, on_idle) if observers else None
+        self._observer_thread = _ObserverThread(observers, on_idle) if observers else None
         self._pending: deque[_Item] = deque()
         self._depth = 0
         self._wakeup = asyncio.Event()
@@ -76,8 +76,8 @@ class MicroBatcher:
         return self._depth
 
     def start(self) -> None:
-        if self._observers is not None:
-            self._observers.start()
+        if self._observer_thread is not None:
+            self._observer_thread.start()
         self._worker = asyncio.get_running_loop().create_task(self._run(), name="micro-batcher")
 
     async def close(self) -> None:
@@ -87,8 +87,9 @@ class MicroBatcher:
         if self._worker is not None:
             await self._worker
         self._model_thread.shutdown(wait=True)
-        if self._observers is not None:
-            self._observers.close()
+        if self._observer_thread is not None:
+            # Joining waits for the last batches to be observed: off the event loop.
+            await asyncio.to_thread(self._observer_thread.close)
 
     async def submit(self, windows: np.ndarray, deadline: float | None = None) -> np.ndarray:
         """Forecasts ``[n, horizon]`` for ``windows`` ``[n, window, features]``."""
@@ -137,8 +138,8 @@ class MicroBatcher:
                         item.future.set_exception(exc)
                 continue
             self._deliver(batch, result)
-            if self._observers is not None:
-                self._observers.put(result)
+            if self._observer_thread is not None:
+                self._observer_thread.put(result)
 
     def _take(self, now: float) -> list[_Item]:
         batch: list[_Item] = []
@@ -184,6 +185,8 @@ class _ObserverThread:
     kernel time than the observers themselves)."""
 
     COALESCE_SECONDS = 0.01
+    # The service's monitor also applies its buffer once its oldest batch is 0.1 s old
+    # (PredictionMonitor's max_delay); a pause of the same length applies it without one.
     IDLE_SECONDS = 0.1
 
     def __init__(self, observers: tuple[BatchObserver, ...], on_idle: Callable[[], None] | None):
@@ -206,6 +209,13 @@ class _ObserverThread:
 
     def _loop(self) -> None:
         name_os_thread(MONITOR_THREAD)
+        try:
+            self._observe_until_closed()
+        except BaseException:
+            log.critical("monitoring thread stopped; batches are no longer observed", exc_info=True)
+            raise
+
+    def _observe_until_closed(self) -> None:
         busy = False  # batches observed since the last idle call
         while True:
             try:
@@ -234,4 +244,4 @@ class _ObserverThread:
         try:
             call(*args)
         except Exception:  # noqa: BLE001 - monitoring must never take serving down
-            log.exception("batch observer %r failed", call)
+            log.exception("monitoring call %r failed", call)

@@ -138,3 +138,20 @@ def test_histogram_bins_features_with_uneven_edges():
         expected = np.bincount(bins, minlength=len(e) + 1) / len(x)
         np.testing.assert_allclose(hist.fractions[f], expected, atol=1e-9)
     assert hist.fractions[0][-1] > 0 and hist.fractions[3][-1] > 0  # top bins reached
+
+
+def test_histogram_decays_the_same_in_one_batch_or_many():
+    """Batch updates weigh samples as one-at-a-time updates do, past the weight table too."""
+    x = np.random.default_rng(7).normal(size=(WEIGHT_TABLE + 300, 2))
+    edges = [[-1.0, 0.0, 1.0], [0.0]]
+    whole, single = EWHistogram(edges, halflife=32), EWHistogram(edges, halflife=32)
+
+    whole.update(x)
+    for row in x:
+        single.update(row[None, :])
+
+    for a, b in zip(whole.fractions, single.fractions, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-10)
+        assert a.sum() == pytest.approx(1.0)
+    recent = x[-64:, 1] >= 0.0  # a half-life of 32: the last samples dominate
+    assert abs(whole.fractions[1][1] - recent.mean()) < 0.2

@@ -145,7 +145,29 @@ def test_sufficient_statistics_never_decrease(manifest):
 
     after = [registry.get_sample_value(n) for n in names]
     assert all(a >= b for a, b in zip(after, before, strict=True))
+    assert after[1] == before[1]  # no positive part at all
     assert after[2] > before[2]  # the negative part grew
+
+
+def test_windows_too_extreme_to_forecast_do_not_poison_the_statistics(manifest):
+    """Such windows get INVALID_ARGUMENT but still reach the monitor with their batch."""
+    registry = CollectorRegistry()
+    monitor = PredictionMonitor(manifest)
+    registry.register(monitor)
+    rng = np.random.default_rng(2)
+    f, h = len(manifest["feature_names"]), int(manifest["horizon"])
+    rows, raw = rng.normal(size=(100, f)), rng.normal(size=(100, h))
+    rows[3, 0], raw[5, 0], raw[7, 0] = np.inf, np.nan, -np.inf
+
+    monitor.observe(rows, raw, raw.copy())
+
+    get = registry.get_sample_value
+    assert get("forecast_monitored_windows_total") == 97
+    assert get("forecast_prediction_standardized_values_total") == 97 * h
+    assert np.isfinite(get("forecast_prediction_standardized_negative_sum_total"))
+    assert np.isfinite(get("forecast_prediction_variance_ratio"))
+    for feature in manifest["feature_names"]:
+        assert np.isfinite(get("forecast_input_mean_zscore", {"feature": feature}))
 
 
 def test_detectors_update_when_enough_windows_wait_or_the_oldest_is_old(manifest):

@@ -60,7 +60,15 @@ async def _serve_and_send(settings, version_dir, windows, *, per_request=8, bad_
             for _ in range(bad_requests):
                 with pytest.raises(grpc.aio.AioRpcError):
                     await stub.Forecast(pb.ForecastRequest())
-            await asyncio.sleep(0.3)  # the monitor runs after responses are sent
+            # The monitor runs after responses are sent; with no scrape, the service applies
+            # its buffer once traffic pauses.
+            deadline = asyncio.get_running_loop().time() + 10.0
+            while running.monitor is not None and running.monitor.collapse.pred.count < len(
+                windows
+            ):
+                assert asyncio.get_running_loop().time() < deadline, "windows never applied"
+                await asyncio.sleep(0.02)
+            await asyncio.sleep(0.05)  # the health update that scheduled on this loop
             health = health_pb2_grpc.HealthStub(channel)
             status = (
                 await health.Check(health_pb2.HealthCheckRequest(service=SERVICE_NAME))

@@ -30,6 +30,7 @@ pytestmark = pytest.mark.slow
 
 OK = grpc.StatusCode.OK
 SOAK_SECONDS = float(os.environ.get("FORECAST_SOAK_SECONDS", "60"))
+DRAIN_CLIENTS = 64  # each keeps one 256-window request in flight
 
 
 def _metrics_port(service: ServiceProcess) -> int:
@@ -325,7 +326,7 @@ def test_sigterm_under_load_completes_every_accepted_rpc(tmp_path, trained_versi
         "--batch-buckets",
         "1,4,16,32",
         "--max-queue-windows",
-        "16384",
+        str(DRAIN_CLIENTS * 256),
         "--max-windows-per-request",
         "256",
     ) as service:
@@ -349,9 +350,6 @@ def test_sigterm_under_load_completes_every_accepted_rpc(tmp_path, trained_versi
         f"OK; {len(late)} later calls UNAVAILABLE; exit 0 after {exit_after:.2f}s "
         f"(grace {grace:.0f}s)"
     )
-
-
-DRAIN_CLIENTS = 64  # x 256 windows: exactly --max-queue-windows
 
 
 async def _drain(service, windows, grace):

@@ -362,3 +362,88 @@ async def test_batcher_refuses_work_after_close():
     with pytest.raises(ModelNotReady, match="shutting down"):
         await batcher.submit(constant_windows(1.0))
     assert predict.calls == []
+
+
+def instant_predict(windows: np.ndarray) -> BatchResult:
+    forecasts = windows[:, 0, :1].astype(np.float64)
+    return BatchResult(forecasts, forecasts.astype(np.float32), windows, 0.001)
+
+
+class Events:
+    """Observer and idle hook that record, in order, what the monitoring thread did."""
+
+    def __init__(self, fail_first_batch: bool = False):
+        self._lock = threading.Lock()
+        self.log: list[str | float] = []
+        self._fail = fail_first_batch
+
+    def observe(self, result: BatchResult) -> None:
+        with self._lock:
+            self.log.append(float(result.forecasts[0, 0]))
+            if self._fail:
+                self._fail = False
+                raise RuntimeError("observer blew up")
+
+    def idle(self) -> None:
+        with self._lock:
+            self.log.append("idle")
+
+    def snapshot(self) -> list[str | float]:
+        with self._lock:
+            return list(self.log)
+
+
+def watched_batcher(events: Events, max_batch_size: int) -> MicroBatcher:
+    batcher = MicroBatcher(
+        instant_predict,
+        max_batch_size=max_batch_size,
+        max_queue_windows=64,
+        observers=(events.observe,),
+        on_idle=events.idle,
+    )
+    batcher.start()
+    return batcher
+
+
+async def test_close_observes_every_batch_then_calls_the_idle_hook_last():
+    events = Events()
+    batcher = watched_batcher(events, max_batch_size=1)
+
+    await asyncio.gather(*(batcher.submit(constant_windows(float(v))) for v in range(20)))
+    await batcher.close()
+
+    log = events.snapshot()
+    assert sorted(v for v in log if v != "idle") == [float(v) for v in range(20)]
+    assert log[-1] == "idle"
+
+
+async def test_idle_hook_runs_once_traffic_pauses_and_not_while_it_flows():
+    events = Events()
+    batcher = watched_batcher(events, max_batch_size=4)
+    await asyncio.sleep(0.3)
+    assert events.snapshot() == []  # no traffic yet: nothing to apply, no wake-ups
+
+    await batcher.submit(constant_windows(1.0))
+    deadline = time.monotonic() + TIMEOUT
+    while "idle" not in events.snapshot() and time.monotonic() < deadline:
+        await asyncio.sleep(0.01)
+    await asyncio.sleep(0.3)
+    paused = events.snapshot()
+    await batcher.close()
+
+    assert paused == [1.0, "idle"]  # one idle call per pause, not one per timeout
+
+
+async def test_a_failing_observer_does_not_stop_the_next_batches(caplog):
+    events = Events(fail_first_batch=True)
+    batcher = MicroBatcher(
+        instant_predict, max_batch_size=1, max_queue_windows=64, observers=(events.observe,)
+    )
+    batcher.start()
+
+    for v in range(3):
+        await batcher.submit(constant_windows(float(v)))
+    await batcher.close()
+
+    assert events.snapshot() == [0.0, 1.0, 2.0]
+    assert "observer blew up" in caplog.text
