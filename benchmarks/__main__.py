@@ -84,106 +84,220 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--artifacts", type=Path, default=Path("artifacts"),
-                        help="trained version directory, or base directory (newest version)")
-    parser.add_argument("--output-dir", type=Path, default=Path("results"),
-                        help="where the JSON, markdown, PNG and server logs go")
-    parser.add_argument("--device", choices=("cpu", "gpu"), default="cpu",
-                        help="cpu hides every GPU from the servers and the model ceiling "
-                        "(CUDA_VISIBLE_DEVICES=''); gpu leaves them visible. The report "
-                        "states the device each server actually used")
-    parser.add_argument("--timeout", type=_positive(float), default=30.0,
-                        help="per-call deadline, seconds (a call past it is an error)")
-    parser.add_argument("--stream-depth", type=_positive(int), default=8,
-                        help="StreamForecast messages in flight per stream (concurrency in "
-                        "stream mode counts messages in flight, spread over streams)")
-    parser.add_argument("--server-cpus", type=_ints, default=None,
-                        help="pin the servers and the model ceiling to these CPUs, e.g. 0 "
-                        "(unset: no pinning)")
-    parser.add_argument("--client-cpus", type=_ints, default=None,
-                        help="pin the client processes to these CPUs, e.g. 1 "
-                        "(unset: no pinning)")
-    parser.add_argument("--batch-buckets", type=_levels, default=None,
-                        help="the service's --batch-buckets, also used by the model ceiling "
-                        "(unset: the service's own default)")
-    parser.add_argument("--max-batch-size", type=_positive(int), default=None,
-                        help="the service's --max-batch-size (unset: the service's own default)")
-    parser.add_argument("--log-level", default="WARNING",
-                        choices=("DEBUG", "INFO", "WARNING", "ERROR"), help="logging level")
+    parser.add_argument(
+        "--artifacts",
+        type=Path,
+        default=Path("artifacts"),
+        help="trained version directory, or base directory (newest version)",
+    )
+    parser.add_argument(
+        "--output-dir",
+        type=Path,
+        default=Path("results"),
+        help="where the JSON, markdown, PNG and server logs go",
+    )
+    parser.add_argument(
+        "--device",
+        choices=("cpu", "gpu"),
+        default="cpu",
+        help="cpu hides every GPU from the servers and the model ceiling "
+        "(CUDA_VISIBLE_DEVICES=''); gpu leaves them visible. The report "
+        "states the device each server actually used",
+    )
+    parser.add_argument(
+        "--timeout",
+        type=_positive(float),
+        default=30.0,
+        help="per-call deadline, seconds (a call past it is an error)",
+    )
+    parser.add_argument(
+        "--stream-depth",
+        type=_positive(int),
+        default=8,
+        help="StreamForecast messages in flight per stream (concurrency in "
+        "stream mode counts messages in flight, spread over streams)",
+    )
+    parser.add_argument(
+        "--server-cpus",
+        type=_ints,
+        default=None,
+        help="pin the servers and the model ceiling to these CPUs, e.g. 0 (unset: no pinning)",
+    )
+    parser.add_argument(
+        "--client-cpus",
+        type=_ints,
+        default=None,
+        help="pin the client processes to these CPUs, e.g. 1 (unset: no pinning)",
+    )
+    parser.add_argument(
+        "--batch-buckets",
+        type=_levels,
+        default=None,
+        help="the service's --batch-buckets, also used by the model ceiling "
+        "(unset: the service's own default)",
+    )
+    parser.add_argument(
+        "--max-batch-size",
+        type=_positive(int),
+        default=None,
+        help="the service's --max-batch-size (unset: the service's own default)",
+    )
+    parser.add_argument(
+        "--log-level",
+        default="WARNING",
+        choices=("DEBUG", "INFO", "WARNING", "ERROR"),
+        help="logging level",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog=PROG,
-                     description="Measure the forecast service against its ceilings and the "
-                     "naive server, side by side in one run.",
-                     formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-                     epilog="`python -m benchmarks run --help` and `... soak --help` list "
-                     "every flag.")
+    parser = _Parser(
+        prog=PROG,
+        description="Measure the forecast service against its ceilings and the "
+        "naive server, side by side in one run.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        epilog="`python -m benchmarks run --help` and `... soak --help` list every flag.",
+    )
     sub = parser.add_subparsers(dest="command", metavar="{run,soak,report}")
     run = sub.add_parser(
-        "run", help="the side-by-side comparison (the default command)",
+        "run",
+        help="the side-by-side comparison (the default command)",
         description="Measure the model ceiling, the transport ceiling, the naive server and "
         "the service (monitoring on and off) in one run, under the same client load.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     _common(run)
-    run.add_argument("--duration", type=_positive(float), default=3.0,
-                     help="measured seconds per point (and per model-ceiling batch size)")
-    run.add_argument("--warmup", type=float, default=1.0,
-                     help="seconds of load before each measurement, excluded from the figures")
-    run.add_argument("--processes", type=_positive(int), default=4,
-                     help="client processes (one Python process tops out near 1,500 unary "
-                     "calls/s, so several are needed)")
-    run.add_argument("--modes", type=_modes, default=",".join(DEFAULT_SWEEPS),
-                     help="modes to measure: " + ", ".join(DEFAULT_SWEEPS))
-    run.add_argument("--concurrency", type=_levels, default=None,
-                     help="one sweep (requests in flight over all client processes) for every "
-                     "mode without its own flag below (unset: each mode's default)")
+    run.add_argument(
+        "--duration",
+        type=_positive(float),
+        default=3.0,
+        help="measured seconds per point (and per model-ceiling batch size)",
+    )
+    run.add_argument(
+        "--warmup",
+        type=float,
+        default=1.0,
+        help="seconds of load before each measurement, excluded from the figures",
+    )
+    run.add_argument(
+        "--processes",
+        type=_positive(int),
+        default=4,
+        help="client processes (one Python process tops out near 1,500 unary "
+        "calls/s, so several are needed)",
+    )
+    run.add_argument(
+        "--modes",
+        type=_modes,
+        default=",".join(DEFAULT_SWEEPS),
+        help="modes to measure: " + ", ".join(DEFAULT_SWEEPS),
+    )
+    run.add_argument(
+        "--concurrency",
+        type=_levels,
+        default=None,
+        help="one sweep (requests in flight over all client processes) for every "
+        "mode without its own flag below (unset: each mode's default)",
+    )
     for mode, levels in DEFAULT_SWEEPS.items():
-        run.add_argument(f"--{mode}-concurrency", type=_levels, default=None,
-                         help=f"concurrency sweep of {mode} (unset: --concurrency, else {levels})")
-    run.add_argument("--repeats", type=_positive(int), default=3,
-                     help="rounds per point, each over every system in rotated order; the "
-                     "round with the median throughput is reported (all rounds are kept)")
-    run.add_argument("--overhead-pairs", type=_positive(int, zero_ok=True), default=16,
-                     help="after the sweeps, back-to-back pairs of the service with monitoring "
-                     "on and off per mode, at the concurrency where monitoring-off peaked; the "
-                     "median pair's ratio is the monitoring-overhead figure (0: use the ratio "
-                     "of the sweep peaks instead). Pair ratios scatter by about 5%% sd on a "
-                     "shared 2-core machine; 16 pairs put the median within about 1.5%%")
-    run.add_argument("--settle", type=float, default=0.5,
-                     help="idle seconds before each point (lets cancelled work drain)")
-    run.add_argument("--naive-workers", type=_positive(int), default=10,
-                     help="thread-pool size of the naive server")
+        run.add_argument(
+            f"--{mode}-concurrency",
+            type=_levels,
+            default=None,
+            help=f"concurrency sweep of {mode} (unset: --concurrency, else {levels})",
+        )
+    run.add_argument(
+        "--repeats",
+        type=_positive(int),
+        default=3,
+        help="rounds per point, each over every system in rotated order; the "
+        "round with the median throughput is reported (all rounds are kept)",
+    )
+    run.add_argument(
+        "--overhead-pairs",
+        type=_positive(int, zero_ok=True),
+        default=16,
+        help="after the sweeps, back-to-back pairs of the service with monitoring "
+        "on and off per mode, at the concurrency where monitoring-off peaked; the "
+        "median pair's ratio is the monitoring-overhead figure (0: use the ratio "
+        "of the sweep peaks instead). Pair ratios scatter by about 5%% sd on a "
+        "shared 2-core machine; 16 pairs put the median within about 1.5%%",
+    )
+    run.add_argument(
+        "--settle",
+        type=float,
+        default=0.5,
+        help="idle seconds before each point (lets cancelled work drain)",
+    )
+    run.add_argument(
+        "--naive-workers",
+        type=_positive(int),
+        default=10,
+        help="thread-pool size of the naive server",
+    )
     soak = sub.add_parser(
-        "soak", help="sustained load on the service, RSS sampled (memory flatness)",
+        "soak",
+        help="sustained load on the service, RSS sampled (memory flatness)",
         description="Load the service (monitoring on) for --minutes after --warmup and sample "
         "its RSS from /proc every --sample-seconds.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     _common(soak)
-    soak.add_argument("--minutes", type=_positive(float), default=5.0,
-                      help="measured minutes of sustained load, after the warm-up")
-    soak.add_argument("--warmup", type=float, default=60.0,
-                      help="seconds of load before the first RSS sample that counts")
-    soak.add_argument("--sample-seconds", type=_positive(float), default=5.0,
-                      help="RSS sampling (and /metrics scrape) interval")
-    soak.add_argument("--processes", type=_positive(int), default=3,
-                      help="client processes, each running one mode of --modes (round robin)")
-    soak.add_argument("--modes", type=_modes, default="unary,stream,batch64",
-                      help="client modes, assigned to processes in turn")
-    soak.add_argument("--concurrency", type=_positive(int), default=16,
-                      help="requests in flight per client process")
+    soak.add_argument(
+        "--minutes",
+        type=_positive(float),
+        default=5.0,
+        help="measured minutes of sustained load, after the warm-up",
+    )
+    soak.add_argument(
+        "--warmup",
+        type=float,
+        default=60.0,
+        help="seconds of load before the first RSS sample that counts",
+    )
+    soak.add_argument(
+        "--sample-seconds",
+        type=_positive(float),
+        default=5.0,
+        help="RSS sampling (and /metrics scrape) interval",
+    )
+    soak.add_argument(
+        "--processes",
+        type=_positive(int),
+        default=3,
+        help="client processes, each running one mode of --modes (round robin)",
+    )
+    soak.add_argument(
+        "--modes",
+        type=_modes,
+        default="unary,stream,batch64",
+        help="client modes, assigned to processes in turn",
+    )
+    soak.add_argument(
+        "--concurrency",
+        type=_positive(int),
+        default=16,
+        help="requests in flight per client process",
+    )
     report = sub.add_parser(
-        "report", help="rebuild the markdown, plot and targets from the JSON results",
+        "report",
+        help="rebuild the markdown, plot and targets from the JSON results",
         description="Read bench.json (and soak.json when present) in --output-dir and rewrite "
         "bench.json's targets, bench.md and bench.png. Measures nothing.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    report.add_argument("--output-dir", type=Path, default=Path("results"),
-                        help="where bench.json and soak.json are")
-    report.add_argument("--log-level", default="WARNING",
-                        choices=("DEBUG", "INFO", "WARNING", "ERROR"), help="logging level")
+    report.add_argument(
+        "--output-dir",
+        type=Path,
+        default=Path("results"),
+        help="where bench.json and soak.json are",
+    )
+    report.add_argument(
+        "--log-level",
+        default="WARNING",
+        choices=("DEBUG", "INFO", "WARNING", "ERROR"),
+        help="logging level",
+    )
     return parser
 
 
@@ -228,19 +342,32 @@ def _run(args: argparse.Namespace) -> int:
         for m in args.modes
     }
     config = RunConfig(
-        artifacts=args.artifacts, output_dir=args.output_dir, device=args.device,
-        duration=args.duration, warmup=args.warmup, processes=args.processes, sweeps=sweeps,
-        stream_depth=args.stream_depth, timeout=args.timeout, settle=args.settle,
-        repeats=args.repeats, overhead_pairs=args.overhead_pairs,
-        naive_workers=args.naive_workers, server_cpus=args.server_cpus,
-        client_cpus=args.client_cpus, batch_buckets=args.batch_buckets,
+        artifacts=args.artifacts,
+        output_dir=args.output_dir,
+        device=args.device,
+        duration=args.duration,
+        warmup=args.warmup,
+        processes=args.processes,
+        sweeps=sweeps,
+        stream_depth=args.stream_depth,
+        timeout=args.timeout,
+        settle=args.settle,
+        repeats=args.repeats,
+        overhead_pairs=args.overhead_pairs,
+        naive_workers=args.naive_workers,
+        server_cpus=args.server_cpus,
+        client_cpus=args.client_cpus,
+        batch_buckets=args.batch_buckets,
         max_batch_size=args.max_batch_size,
     )
     points = sum(len(v) for v in sweeps.values()) * 4 * args.repeats
     points += len(sweeps) * 2 * args.overhead_pairs
     per_point = args.warmup + args.duration + args.settle + 0.7
-    print(f"{points} points x ~{per_point:.1f} s + start-up: about "
-          f"{(points * per_point + 90) / 60:.0f} min", file=sys.stderr)
+    print(
+        f"{points} points x ~{per_point:.1f} s + start-up: about "
+        f"{(points * per_point + 90) / 60:.0f} min",
+        file=sys.stderr,
+    )
     results = run(config, progress=lambda line: print(line, file=sys.stderr, flush=True))
     paths = _write_run(results, args.output_dir)
     _warn_device(args.device, results["devices"])
@@ -256,8 +383,7 @@ def _report(args: argparse.Namespace) -> int:
     try:
         results = json.loads(path.read_text())
     except (OSError, ValueError) as exc:
-        print(f"{PROG}: error: cannot read {path}: {exc}; run `{PROG} run` first",
-              file=sys.stderr)
+        print(f"{PROG}: error: cannot read {path}: {exc}; run `{PROG} run` first", file=sys.stderr)
         return 2
     paths = _write_run(results, args.output_dir)
     from benchmarks.report import targets_table
@@ -272,17 +398,27 @@ def _soak(args: argparse.Namespace) -> int:
     from benchmarks.servers import batching_flags
 
     config = soak.SoakConfig(
-        artifacts=args.artifacts, output_dir=args.output_dir, device=args.device,
-        minutes=args.minutes, warmup=args.warmup, sample_seconds=args.sample_seconds,
-        processes=args.processes, modes=args.modes, concurrency=args.concurrency,
-        stream_depth=args.stream_depth, timeout=args.timeout, server_cpus=args.server_cpus,
+        artifacts=args.artifacts,
+        output_dir=args.output_dir,
+        device=args.device,
+        minutes=args.minutes,
+        warmup=args.warmup,
+        sample_seconds=args.sample_seconds,
+        processes=args.processes,
+        modes=args.modes,
+        concurrency=args.concurrency,
+        stream_depth=args.stream_depth,
+        timeout=args.timeout,
+        server_cpus=args.server_cpus,
         client_cpus=args.client_cpus,
         service_flags=batching_flags(args.batch_buckets, args.max_batch_size),
     )
-    results = soak.run_soak(config, progress=lambda line: print(line, file=sys.stderr,
-                                                                 flush=True))
-    paths = [args.output_dir / "soak.json", args.output_dir / "soak.md",
-             args.output_dir / "soak.png"]
+    results = soak.run_soak(config, progress=lambda line: print(line, file=sys.stderr, flush=True))
+    paths = [
+        args.output_dir / "soak.json",
+        args.output_dir / "soak.md",
+        args.output_dir / "soak.png",
+    ]
     paths[0].write_text(json.dumps(results, indent=2) + "\n")
     paths[1].write_text(soak.markdown(results))
     soak.plot(results, paths[2])
@@ -295,25 +431,33 @@ def _soak(args: argparse.Namespace) -> int:
 def _warn_device(requested: str, devices: dict[str, str]) -> None:
     wrong = {k: v for k, v in devices.items() if v not in (requested.upper(), "none")}
     if wrong:
-        print(f"{PROG}: warning: --device {requested} but " + ", ".join(
-            f"{k} ran on {v}" for k, v in wrong.items()), file=sys.stderr)
+        print(
+            f"{PROG}: warning: --device {requested} but "
+            + ", ".join(f"{k} ran on {v}" for k, v in wrong.items()),
+            file=sys.stderr,
+        )
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parse(list(sys.argv[1:] if argv is None else argv))
-    logging.basicConfig(level=args.log_level,
-                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    logging.basicConfig(
+        level=args.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s"
+    )
     if args.command == "report":
         return _report(args)
     if args.server_cpus is not None or args.client_cpus is not None:
         import os
 
         usable = os.sched_getaffinity(0)
-        for flag, cpus in (("--server-cpus", args.server_cpus),
-                           ("--client-cpus", args.client_cpus)):
+        for flag, cpus in (
+            ("--server-cpus", args.server_cpus),
+            ("--client-cpus", args.client_cpus),
+        ):
             if cpus is not None and not set(cpus) <= usable:
-                print(f"{PROG}: error: {flag} {cpus} not within usable CPUs {sorted(usable)}",
-                      file=sys.stderr)
+                print(
+                    f"{PROG}: error: {flag} {cpus} not within usable CPUs {sorted(usable)}",
+                    file=sys.stderr,
+                )
                 return 2
     problem = _check_artifacts(args.artifacts)
     if problem is not None:

@@ -39,8 +39,9 @@ class EchoServicer(pb_grpc.ForecastServiceServicer):
     def _respond(self, request: pb.ForecastRequest) -> pb.ForecastResponse:
         horizon, offset = self._horizon, self._offset
         return pb.ForecastResponse(
-            predictions=[pb.Prediction(values=[w.values[offset]] * horizon)
-                         for w in request.windows],
+            predictions=[
+                pb.Prediction(values=[w.values[offset]] * horizon) for w in request.windows
+            ],
             model_version=self._version,
         )
 
@@ -91,10 +92,17 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__.splitlines()[0],
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("--artifacts", type=Path, default=Path("artifacts"),
-                        help="version or base directory: sets horizon, feature count and version")
-    parser.add_argument("--address", default="127.0.0.1:0",
-                        help="listen address (port 0: the OS picks one, logged on stderr)")
+    parser.add_argument(
+        "--artifacts",
+        type=Path,
+        default=Path("artifacts"),
+        help="version or base directory: sets horizon, feature count and version",
+    )
+    parser.add_argument(
+        "--address",
+        default="127.0.0.1:0",
+        help="listen address (port 0: the OS picks one, logged on stderr)",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     try:

@@ -238,8 +238,9 @@ def plan(rpc: str, concurrency: int, processes: int, stream_depth: int) -> list[
         lanes = [1] * concurrency
     else:
         streams = max(math.ceil(concurrency / stream_depth), min(processes, concurrency))
-        lanes = [concurrency // streams + (1 if i < concurrency % streams else 0)
-                 for i in range(streams)]
+        lanes = [
+            concurrency // streams + (1 if i < concurrency % streams else 0) for i in range(streams)
+        ]
     used = min(processes, len(lanes))
     return [tuple(lanes[p::used]) for p in range(used)]
 
@@ -309,8 +310,13 @@ class ClientPool:
 
         Returns (wall-clock start, processes used, lanes)."""
         shares = plan(MODES[mode].rpc, concurrency, self.size, stream_depth)
-        start_at = self.start_jobs(target, [(mode, lanes) for lanes in shares],
-                                   warmup=warmup, duration=duration, timeout=timeout)
+        start_at = self.start_jobs(
+            target,
+            [(mode, lanes) for lanes in shares],
+            warmup=warmup,
+            duration=duration,
+            timeout=timeout,
+        )
         return start_at, len(shares), sum(len(lanes) for lanes in shares)
 
     def start_jobs(

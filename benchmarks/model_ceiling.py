@@ -53,8 +53,14 @@ def measure(forecaster, windows: np.ndarray, batch_size: int, warmup: float, dur
 class CeilingProcess:
     """``python -m benchmarks.model_ceiling --serve`` as a child process: measure on demand."""
 
-    def __init__(self, args: list[str], *, env: dict[str, str], log_path: Path,
-                 cpus: tuple[int, ...] | None = None):
+    def __init__(
+        self,
+        args: list[str],
+        *,
+        env: dict[str, str],
+        log_path: Path,
+        cpus: tuple[int, ...] | None = None,
+    ):
         import os
         import subprocess
 
@@ -64,8 +70,12 @@ class CeilingProcess:
         self.log_path = log_path
         self.process = subprocess.Popen(
             [sys.executable, "-m", "benchmarks.model_ceiling", "--serve", *args],
-            cwd=REPO_ROOT, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-            stderr=self._log, text=True,
+            cwd=REPO_ROOT,
+            env=env,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self._log,
+            text=True,
             preexec_fn=(lambda: os.sched_setaffinity(0, cpus)) if cpus else None,
         )
         self.info: dict = {}
@@ -114,17 +124,28 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__.splitlines()[0],
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("--artifacts", type=Path, default=Path("artifacts"),
-                        help="version or base directory (the newest version)")
-    parser.add_argument("--batch-sizes", default="1,64,256",
-                        help="comma-separated windows per predict call")
-    parser.add_argument("--buckets", default=",".join(map(str, defaults.batch_buckets)),
-                        help="padding buckets, as the service's --batch-buckets")
+    parser.add_argument(
+        "--artifacts",
+        type=Path,
+        default=Path("artifacts"),
+        help="version or base directory (the newest version)",
+    )
+    parser.add_argument(
+        "--batch-sizes", default="1,64,256", help="comma-separated windows per predict call"
+    )
+    parser.add_argument(
+        "--buckets",
+        default=",".join(map(str, defaults.batch_buckets)),
+        help="padding buckets, as the service's --batch-buckets",
+    )
     parser.add_argument("--no-jit", action="store_true", help="plain tf.function, no XLA")
     parser.add_argument("--warmup", type=float, default=2.0, help="unmeasured seconds per size")
     parser.add_argument("--duration", type=float, default=5.0, help="measured seconds per size")
-    parser.add_argument("--serve", action="store_true",
-                        help="read batch sizes from stdin, one JSON line of figures each")
+    parser.add_argument(
+        "--serve",
+        action="store_true",
+        help="read batch sizes from stdin, one JSON line of figures each",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
 

@@ -61,12 +61,20 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__.splitlines()[0],
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("--artifacts", type=Path, default=Path("artifacts"),
-                        help="version or base directory (the newest version is served)")
-    parser.add_argument("--address", default="127.0.0.1:0",
-                        help="listen address (port 0: the OS picks one, logged on stderr)")
-    parser.add_argument("--workers", type=int, default=10,
-                        help="thread-pool size (grpc's examples use 10)")
+    parser.add_argument(
+        "--artifacts",
+        type=Path,
+        default=Path("artifacts"),
+        help="version or base directory (the newest version is served)",
+    )
+    parser.add_argument(
+        "--address",
+        default="127.0.0.1:0",
+        help="listen address (port 0: the OS picks one, logged on stderr)",
+    )
+    parser.add_argument(
+        "--workers", type=int, default=10, help="thread-pool size (grpc's examples use 10)"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
 

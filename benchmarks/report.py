@@ -39,8 +39,16 @@ def _target(key, figure, target, op, threshold, measured, detail) -> dict:
     met = None
     if measured is not None and math.isfinite(measured):
         met = measured >= threshold if op == ">=" else measured <= threshold
-    return {"id": key, "figure": figure, "target": target, "op": op, "threshold": threshold,
-            "measured": measured, "met": met, "detail": detail}
+    return {
+        "id": key,
+        "figure": figure,
+        "target": target,
+        "op": op,
+        "threshold": threshold,
+        "measured": measured,
+        "met": met,
+        "detail": detail,
+    }
 
 
 def targets(results: dict, soak: dict | None = None) -> list[dict]:
@@ -54,23 +62,37 @@ def targets(results: dict, soak: dict | None = None) -> list[dict]:
     svc = modes("service").get("unary", [])
     echo = modes("transport_ceiling").get("unary", [])
     s, e = peak(svc, "requests_per_s"), peak(echo, "requests_per_s")
-    out.append(_target(
-        "unary_vs_transport", "Single-window unary throughput vs the transport ceiling",
-        "≥ 0.7×", ">=", 0.7,
-        _ratio(s and s["requests_per_s"], e and e["requests_per_s"]),
-        s and e and f"service {s['requests_per_s']:,.0f} req/s (c={s['concurrency']}) vs echo "
-        f"{e['requests_per_s']:,.0f} req/s (c={e['concurrency']})",
-    ))
+    out.append(
+        _target(
+            "unary_vs_transport",
+            "Single-window unary throughput vs the transport ceiling",
+            "≥ 0.7×",
+            ">=",
+            0.7,
+            _ratio(s and s["requests_per_s"], e and e["requests_per_s"]),
+            s
+            and e
+            and f"service {s['requests_per_s']:,.0f} req/s (c={s['concurrency']}) vs echo "
+            f"{e['requests_per_s']:,.0f} req/s (c={e['concurrency']})",
+        )
+    )
 
     s = peak(modes("service").get("batch256", []), "windows_per_s")
     c = ceiling.get("256")
-    out.append(_target(
-        "batch256_vs_model", "Batched-request windows/s (256/request) vs in-process model ceiling",
-        "≥ 0.8×", ">=", 0.8,
-        _ratio(s and s["windows_per_s"], c and c["windows_per_s"]),
-        s and c and f"service {s['windows_per_s']:,.0f} windows/s (c={s['concurrency']}) vs "
-        f"Forecaster.predict(256) {c['windows_per_s']:,.0f} windows/s",
-    ))
+    out.append(
+        _target(
+            "batch256_vs_model",
+            "Batched-request windows/s (256/request) vs in-process model ceiling",
+            "≥ 0.8×",
+            ">=",
+            0.8,
+            _ratio(s and s["windows_per_s"], c and c["windows_per_s"]),
+            s
+            and c
+            and f"service {s['windows_per_s']:,.0f} windows/s (c={s['concurrency']}) vs "
+            f"Forecaster.predict(256) {c['windows_per_s']:,.0f} windows/s",
+        )
+    )
 
     per_mode = {}
     for mode, points in modes("service").items():
@@ -79,41 +101,73 @@ def targets(results: dict, soak: dict | None = None) -> list[dict]:
     s, n = peak(svc, "windows_per_s"), peak(modes("naive").get("unary", []), "windows_per_s")
     detail = None
     if s and n:
-        others = ", ".join(f"{m} {r:.1f}×" for m, r in per_mode.items()
-                           if m != "unary" and r is not None)
-        detail = (f"service {s['windows_per_s']:,.0f} (c={s['concurrency']}) vs naive "
-                  f"{n['windows_per_s']:,.0f} windows/s (c={n['concurrency']}); "
-                  f"other modes: {others}")
-    out.append(_target(
-        "vs_naive", "Throughput vs the naive server at saturation (single-window unary)",
-        "≥ 20×", ">=", 20.0, _ratio(s and s["windows_per_s"], n and n["windows_per_s"]), detail,
-    ))
+        others = ", ".join(
+            f"{m} {r:.1f}×" for m, r in per_mode.items() if m != "unary" and r is not None
+        )
+        detail = (
+            f"service {s['windows_per_s']:,.0f} (c={s['concurrency']}) vs naive "
+            f"{n['windows_per_s']:,.0f} windows/s (c={n['concurrency']}); "
+            f"other modes: {others}"
+        )
+    out.append(
+        _target(
+            "vs_naive",
+            "Throughput vs the naive server at saturation (single-window unary)",
+            "≥ 20×",
+            ">=",
+            20.0,
+            _ratio(s and s["windows_per_s"], n and n["windows_per_s"]),
+            detail,
+        )
+    )
 
     s1, e1, m1 = _at_concurrency(svc, 1), _at_concurrency(echo, 1), ceiling.get("1")
     bound = (e1["p50_ms"] + m1["p50_ms"] + 0.5) if e1 and m1 else None
-    out.append(_target(
-        "p50_c1", "p50 latency at concurrency 1 (single-window unary), ms",
-        "≤ echo p50 + model batch-1 p50 + 0.5 ms", "<=", bound, s1 and s1["p50_ms"],
-        s1 and e1 and m1 and f"service {s1['p50_ms']:.3f} ms; bound {e1['p50_ms']:.3f} + "
-        f"{m1['p50_ms']:.3f} + 0.5 = {bound:.3f} ms",
-    ))
+    out.append(
+        _target(
+            "p50_c1",
+            "p50 latency at concurrency 1 (single-window unary), ms",
+            "≤ echo p50 + model batch-1 p50 + 0.5 ms",
+            "<=",
+            bound,
+            s1 and s1["p50_ms"],
+            s1
+            and e1
+            and m1
+            and f"service {s1['p50_ms']:.3f} ms; bound {e1['p50_ms']:.3f} + "
+            f"{m1['p50_ms']:.3f} + 0.5 = {bound:.3f} ms",
+        )
+    )
 
     out.append(_overhead_target(results, modes))
 
     if soak is not None:
         rss = soak["rss"]
-        out.append(_target(
-            "memory_flat", "Service RSS over a sustained-load soak, max/first after warm-up",
-            "≤ 1.10× (flat within 10%)", "<=", 1.10, rss["max_over_first"],
-            f"{soak['minutes']:g} min soak {soak['created_at']}: first {rss['first_mib']:.1f}, "
-            f"last {rss['last_mib']:.1f}, max {rss['max_mib']:.1f}, min {rss['min_mib']:.1f} "
-            f"MiB; last/first {rss['last_over_first']:.3f}",
-        ))
+        out.append(
+            _target(
+                "memory_flat",
+                "Service RSS over a sustained-load soak, max/first after warm-up",
+                "≤ 1.10× (flat within 10%)",
+                "<=",
+                1.10,
+                rss["max_over_first"],
+                f"{soak['minutes']:g} min soak {soak['created_at']}: first {rss['first_mib']:.1f}, "
+                f"last {rss['last_mib']:.1f}, max {rss['max_mib']:.1f}, min {rss['min_mib']:.1f} "
+                f"MiB; last/first {rss['last_over_first']:.3f}",
+            )
+        )
     else:
-        out.append(_target(
-            "memory_flat", "Service RSS over a sustained-load soak", "≤ 1.10×", "<=", 1.10, None,
-            "not measured in this run: `python -m benchmarks soak --minutes 5`",
-        ))
+        out.append(
+            _target(
+                "memory_flat",
+                "Service RSS over a sustained-load soak",
+                "≤ 1.10×",
+                "<=",
+                1.10,
+                None,
+                "not measured in this run: `python -m benchmarks soak --minutes 5`",
+            )
+        )
     return out
 
 
@@ -132,32 +186,53 @@ def _overhead_target(results: dict, modes) -> dict:
         off = peak(modes("service_no_monitoring").get(mode, []), "windows_per_s")
         peaks[mode] = _ratio(on and on["windows_per_s"], off and off["windows_per_s"])
     peaks = {m: r for m, r in peaks.items() if r is not None}
-    paired = {m: o for m, o in results.get("monitoring_overhead", {}).items()
-              if o.get("median_ratio") is not None}
+    paired = {
+        m: o
+        for m, o in results.get("monitoring_overhead", {}).items()
+        if o.get("median_ratio") is not None
+    }
     peak_text = ", ".join(f"{m} {r:.3f}×" for m, r in peaks.items())
     if paired:
         shares = {m: o.get("median_monitor_cpu_share") for m, o in paired.items()}
-        estimate = {m: min(o["median_ratio"], 1.0 - (shares[m] or 0.0))
-                    for m, o in paired.items()}
+        estimate = {m: min(o["median_ratio"], 1.0 - (shares[m] or 0.0)) for m, o in paired.items()}
         worst = min(estimate, key=estimate.get)
         n = len(paired[worst]["pairs"])
         share_text = ", ".join(f"{m} {v:.1%}" for m, v in shares.items() if v is not None)
-        detail = (f"median of {n} back-to-back on/off pairs per mode at the off-peak "
-                  "concurrency: " + ", ".join(
-                      f"{m} {o['median_ratio']:.3f}× (c={o['concurrency']}, pairs "
-                      f"{o['min_ratio']:.2f}–{o['max_ratio']:.2f})" for m, o in paired.items())
-                  + (f"; monitoring thread's share of the service's CPU: {share_text}"
-                     if share_text else "")
-                  + f"; ratio of sweep peaks: {peak_text}")
-        return _target("monitoring_overhead",
-                       "Monitoring overhead: throughput on / off (worst mode; the lower of the "
-                       "paired rounds' median and 1 − monitoring's CPU share)",
-                       "≥ 0.95×", ">=", 0.95, estimate[worst], detail)
+        detail = (
+            f"median of {n} back-to-back on/off pairs per mode at the off-peak "
+            "concurrency: "
+            + ", ".join(
+                f"{m} {o['median_ratio']:.3f}× (c={o['concurrency']}, pairs "
+                f"{o['min_ratio']:.2f}–{o['max_ratio']:.2f})"
+                for m, o in paired.items()
+            )
+            + (
+                f"; monitoring thread's share of the service's CPU: {share_text}"
+                if share_text
+                else ""
+            )
+            + f"; ratio of sweep peaks: {peak_text}"
+        )
+        return _target(
+            "monitoring_overhead",
+            "Monitoring overhead: throughput on / off (worst mode; the lower of the "
+            "paired rounds' median and 1 − monitoring's CPU share)",
+            "≥ 0.95×",
+            ">=",
+            0.95,
+            estimate[worst],
+            detail,
+        )
     worst = min(peaks, key=peaks.get) if peaks else None
-    return _target("monitoring_overhead",
-                   "Monitoring overhead: peak throughput on / off (worst mode)",
-                   "≥ 0.95×", ">=", 0.95, peaks.get(worst) if worst else None,
-                   f"ratio of sweep peaks per mode: {peak_text}")
+    return _target(
+        "monitoring_overhead",
+        "Monitoring overhead: peak throughput on / off (worst mode)",
+        "≥ 0.95×",
+        ">=",
+        0.95,
+        peaks.get(worst) if worst else None,
+        f"ratio of sweep peaks per mode: {peak_text}",
+    )
 
 
 def overhead_table(results: dict) -> str:
@@ -165,14 +240,18 @@ def overhead_table(results: dict) -> str:
     overhead = results.get("monitoring_overhead")
     if not overhead:
         return "Not measured in this run (`--overhead-pairs 0`); the target uses the sweep peaks."
-    lines = ["| Mode | Concurrency | Pairs (on / off windows/s, first of the pair) "
-             "| Median ratio | Monitoring thread's share of the service's CPU (median) |",
-             "|---|---|---|---|---|"]
+    lines = [
+        "| Mode | Concurrency | Pairs (on / off windows/s, first of the pair) "
+        "| Median ratio | Monitoring thread's share of the service's CPU (median) |",
+        "|---|---|---|---|---|",
+    ]
     for mode, o in overhead.items():
         pairs = "<br>".join(
             f"{p['on_windows_per_s']:,.0f} / {p['off_windows_per_s']:,.0f} = "
             + (f"{p['ratio']:.3f}" if p["ratio"] is not None else "n/a")
-            + f" ({p['first']} first)" for p in o["pairs"])
+            + f" ({p['first']} first)"
+            for p in o["pairs"]
+        )
         median = "–" if o["median_ratio"] is None else f"{o['median_ratio']:.3f}×"
         share = o.get("median_monitor_cpu_share")
         share = "–" if share is None else f"{share:.1%}"
@@ -196,8 +275,10 @@ def _met(t: dict) -> str:
 def targets_table(rows: list[dict]) -> str:
     lines = ["| Figure | Target | Measured | Met | From |", "|---|---|---|---|---|"]
     for t in rows:
-        lines.append(f"| {t['figure']} | {t['target']} | {_fmt_measured(t)} | {_met(t)} | "
-                     f"{t['detail'] or ''} |")
+        lines.append(
+            f"| {t['figure']} | {t['target']} | {_fmt_measured(t)} | {_met(t)} | "
+            f"{t['detail'] or ''} |"
+        )
     return "\n".join(lines)
 
 
@@ -228,8 +309,13 @@ def sweep_tables(results: dict) -> str:
         parts.append("|---|" + "---|" * len(systems))
         for c in levels:
             cells = [
-                _cell(next((p for p in results["systems"][s]["modes"][mode]
-                            if p["concurrency"] == c), None), batched)
+                _cell(
+                    next(
+                        (p for p in results["systems"][s]["modes"][mode] if p["concurrency"] == c),
+                        None,
+                    ),
+                    batched,
+                )
                 for s in systems
             ]
             parts.append(f"| {c} | " + " | ".join(cells) + " |")
@@ -239,17 +325,23 @@ def sweep_tables(results: dict) -> str:
 
 def ceiling_table(results: dict) -> str:
     lines = ["| Batch size | windows/s | calls/s | p50 ms | p99 ms |", "|---|---|---|---|---|"]
-    for size, f in sorted(results["model_ceiling"]["by_batch_size"].items(),
-                          key=lambda kv: int(kv[0])):
-        lines.append(f"| {size} | {f['windows_per_s']:,.0f} | {f['requests_per_s']:,.1f} | "
-                     f"{f['p50_ms']:.3f} | {f['p99_ms']:.3f} |")
+    for size, f in sorted(
+        results["model_ceiling"]["by_batch_size"].items(), key=lambda kv: int(kv[0])
+    ):
+        lines.append(
+            f"| {size} | {f['windows_per_s']:,.0f} | {f['requests_per_s']:,.1f} | "
+            f"{f['p50_ms']:.3f} | {f['p99_ms']:.3f} |"
+        )
     return "\n".join(lines)
 
 
 def server_table(results: dict) -> str:
     """Peak point per system and mode, with the CPU each side used: who was the bottleneck."""
-    lines = ["| System | Mode | Peak windows/s | at c | server CPU (cores) | clients CPU (cores) "
-             "| mean model batch |", "|---|---|---|---|---|---|---|"]
+    lines = [
+        "| System | Mode | Peak windows/s | at c | server CPU (cores) | clients CPU (cores) "
+        "| mean model batch |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for s in SYSTEM_ORDER:
         if s not in results["systems"]:
             continue
@@ -258,9 +350,11 @@ def server_table(results: dict) -> str:
             if p is None:
                 continue
             batch = "–" if p["mean_model_batch"] is None else f"{p['mean_model_batch']:.1f}"
-            lines.append(f"| {SHORT[s]} | {mode} | {p['windows_per_s']:,.0f} | "
-                         f"{p['concurrency']} | {p['server_cpu_cores']:.2f} | "
-                         f"{p['client_cpu_cores']:.2f} | {batch} |")
+            lines.append(
+                f"| {SHORT[s]} | {mode} | {p['windows_per_s']:,.0f} | "
+                f"{p['concurrency']} | {p['server_cpu_cores']:.2f} | "
+                f"{p['client_cpu_cores']:.2f} | {batch} |"
+            )
     return "\n".join(lines)
 
 
@@ -278,40 +372,42 @@ def machine_line(results: dict) -> str:
 
 def markdown(results: dict) -> str:
     c = results["config"]
-    return "\n".join([
-        f"# Benchmark {results['created_at']}",
-        "",
-        f"Model {results['model']['version']} (window {results['model']['window']}, horizon "
-        f"{results['model']['horizon']}, {len(results['model']['features'])} features), "
-        f"{results['model']['held_out_windows']} held-out windows as payloads. "
-        f"{c['duration']:g} s measured per point after {c['warmup']:g} s warm-up, "
-        f"{c.get('repeats', 1)} rounds per point in rotated order (the median round is shown); "
-        f"{c['processes']} client processes; stream depth {c['stream_depth']}; device "
-        f"requested: {c['device']}; pinning: {c['pinning']}. Wall time "
-        f"{results['wall_seconds']:.0f} s.",
-        "",
-        f"Machine: {machine_line(results)}",
-        "",
-        "## Targets",
-        "",
-        targets_table(results["targets"]),
-        "",
-        "## Sweeps",
-        "",
-        sweep_tables(results),
-        "## Monitoring overhead (back-to-back pairs, monitoring on / off)",
-        "",
-        overhead_table(results),
-        "",
-        "## Model ceiling (in-process `Forecaster.predict`, no gRPC)",
-        "",
-        ceiling_table(results),
-        "",
-        "## Where the CPU went (peak points)",
-        "",
-        server_table(results),
-        "",
-    ])
+    return "\n".join(
+        [
+            f"# Benchmark {results['created_at']}",
+            "",
+            f"Model {results['model']['version']} (window {results['model']['window']}, horizon "
+            f"{results['model']['horizon']}, {len(results['model']['features'])} features), "
+            f"{results['model']['held_out_windows']} held-out windows as payloads. "
+            f"{c['duration']:g} s measured per point after {c['warmup']:g} s warm-up, "
+            f"{c.get('repeats', 1)} rounds per point in rotated order (the median round is shown); "
+            f"{c['processes']} client processes; stream depth {c['stream_depth']}; device "
+            f"requested: {c['device']}; pinning: {c['pinning']}. Wall time "
+            f"{results['wall_seconds']:.0f} s.",
+            "",
+            f"Machine: {machine_line(results)}",
+            "",
+            "## Targets",
+            "",
+            targets_table(results["targets"]),
+            "",
+            "## Sweeps",
+            "",
+            sweep_tables(results),
+            "## Monitoring overhead (back-to-back pairs, monitoring on / off)",
+            "",
+            overhead_table(results),
+            "",
+            "## Model ceiling (in-process `Forecaster.predict`, no gRPC)",
+            "",
+            ceiling_table(results),
+            "",
+            "## Where the CPU went (peak points)",
+            "",
+            server_table(results),
+            "",
+        ]
+    )
 
 
 def plot(results: dict, path: Path) -> None:
@@ -325,29 +421,49 @@ def plot(results: dict, path: Path) -> None:
     cols = 2
     rows = math.ceil(len(modes) / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(12, 4.5 * rows), squeeze=False)
-    colors = dict(zip(SYSTEM_ORDER, ("tab:gray", "tab:red", "tab:blue", "tab:green"),
-                      strict=True))
+    colors = dict(zip(SYSTEM_ORDER, ("tab:gray", "tab:red", "tab:blue", "tab:green"), strict=True))
     from benchmarks.workload import MODES
 
     for ax, mode in zip(axes.flat, modes, strict=False):
         for s in SYSTEM_ORDER:
-            points = [p for p in results["systems"].get(s, {}).get("modes", {}).get(mode, [])
-                      if p["requests"]]
+            points = [
+                p
+                for p in results["systems"].get(s, {}).get("modes", {}).get(mode, [])
+                if p["requests"]
+            ]
             if not points:
                 continue
             x = [p["windows_per_s"] for p in points]
-            ax.plot(x, [p["p50_ms"] for p in points], "o-", color=colors[s],
-                    label=f"{SHORT[s]} p50")
-            ax.plot(x, [p["p99_ms"] for p in points], "^--", color=colors[s], alpha=0.7,
-                    label=f"{SHORT[s]} p99")
+            ax.plot(
+                x, [p["p50_ms"] for p in points], "o-", color=colors[s], label=f"{SHORT[s]} p50"
+            )
+            ax.plot(
+                x,
+                [p["p99_ms"] for p in points],
+                "^--",
+                color=colors[s],
+                alpha=0.7,
+                label=f"{SHORT[s]} p99",
+            )
             for p in points:
-                ax.annotate(str(p["concurrency"]), (p["windows_per_s"], p["p50_ms"]),
-                            fontsize=7, xytext=(3, 3), textcoords="offset points")
+                ax.annotate(
+                    str(p["concurrency"]),
+                    (p["windows_per_s"], p["p50_ms"]),
+                    fontsize=7,
+                    xytext=(3, 3),
+                    textcoords="offset points",
+                )
         size = str(MODES[mode].windows_per_request)
         ceiling = results["model_ceiling"]["by_batch_size"].get(size)
         if ceiling:
-            ax.plot([ceiling["windows_per_s"]] * 2, [ceiling["p50_ms"], ceiling["p99_ms"]], "*",
-                    color="black", markersize=11, label=f"model ceiling, batch {size}")
+            ax.plot(
+                [ceiling["windows_per_s"]] * 2,
+                [ceiling["p50_ms"], ceiling["p99_ms"]],
+                "*",
+                color="black",
+                markersize=11,
+                label=f"model ceiling, batch {size}",
+            )
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_title(results["config"]["modes"][mode])
@@ -355,10 +471,12 @@ def plot(results: dict, path: Path) -> None:
         ax.set_ylabel("latency, ms (numbers: concurrency)")
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=7)
-    for ax in list(axes.flat)[len(modes):]:
+    for ax in list(axes.flat)[len(modes) :]:
         ax.axis("off")
-    fig.suptitle(f"Latency vs throughput, {results['machine']['cpu_model']}, "
-                 f"{results['machine']['logical_cores']} cores, {results['created_at']}")
+    fig.suptitle(
+        f"Latency vs throughput, {results['machine']['cpu_model']}, "
+        f"{results['machine']['logical_cores']} cores, {results['created_at']}"
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

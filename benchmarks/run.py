@@ -73,8 +73,13 @@ def measure_point(
 ) -> dict:
     """Load ``server`` for warm-up + duration; the figures of the measured window."""
     start_at, processes, lanes = pool.start(
-        server.target, mode, concurrency, warmup=config.warmup, duration=config.duration,
-        timeout=config.timeout, stream_depth=config.stream_depth,
+        server.target,
+        mode,
+        concurrency,
+        warmup=config.warmup,
+        duration=config.duration,
+        timeout=config.timeout,
+        stream_depth=config.stream_depth,
     )
     _sleep_until(start_at + config.warmup)
     cpu_start, threads_start = server.cpu_seconds(), server.thread_cpu_seconds()
@@ -108,10 +113,16 @@ def measure_point(
         "server_cpu_cores": (cpu_end - cpu_start) / config.duration,
         # Per OS thread name, the busiest first (the service's model and monitoring threads
         # are named; CPU that monitoring takes is read here without the machine's drift).
-        "server_thread_cpu_cores": dict(sorted(
-            ((name, (t - threads_start.get(name, 0.0)) / config.duration)
-             for name, t in threads_end.items() if t > threads_start.get(name, 0.0)),
-            key=lambda item: -item[1])),
+        "server_thread_cpu_cores": dict(
+            sorted(
+                (
+                    (name, (t - threads_start.get(name, 0.0)) / config.duration)
+                    for name, t in threads_end.items()
+                    if t > threads_start.get(name, 0.0)
+                ),
+                key=lambda item: -item[1],
+            )
+        ),
         "server_rss_mib": rss / 2**20,
         "mean_model_batch": (batched / calls) if calls else None,
         "seconds_until_server_idle": idle_wait,
@@ -144,8 +155,9 @@ def run(config: RunConfig, *, progress=print) -> dict:
     for mode in config.sweeps:
         size = MODES[mode].windows_per_request
         wanted = (size, largest) if size == 1 else (size,)
-        ceiling_sizes[mode] = [s for s in wanted
-                               if s not in {x for v in ceiling_sizes.values() for x in v}]
+        ceiling_sizes[mode] = [
+            s for s in wanted if s not in {x for v in ceiling_sizes.values() for x in v}
+        ]
 
     results: dict = {
         "schema": SCHEMA,
@@ -175,25 +187,46 @@ def run(config: RunConfig, *, progress=print) -> dict:
     }
     logs = config.output_dir / "logs"
     logs.mkdir(exist_ok=True)
-    buckets = ("--buckets", ",".join(map(str, config.batch_buckets))) if config.batch_buckets \
-        else ()
+    buckets = (
+        ("--buckets", ",".join(map(str, config.batch_buckets))) if config.batch_buckets else ()
+    )
     with contextlib.ExitStack() as stack:
-        ceiling = stack.enter_context(CeilingProcess(
-            ["--artifacts", str(version_dir), "--warmup", str(config.warmup),
-             "--duration", str(config.duration), *buckets],
-            env=server_env(config.device), log_path=logs / "model_ceiling.log",
-            cpus=config.server_cpus,
-        ))
+        ceiling = stack.enter_context(
+            CeilingProcess(
+                [
+                    "--artifacts",
+                    str(version_dir),
+                    "--warmup",
+                    str(config.warmup),
+                    "--duration",
+                    str(config.duration),
+                    *buckets,
+                ],
+                env=server_env(config.device),
+                log_path=logs / "model_ceiling.log",
+                cpus=config.server_cpus,
+            )
+        )
         servers = [
             stack.enter_context(
-                ServerProcess(system, logs / f"{system.name}.log",
-                              env=server_env(config.device), cpus=config.server_cpus)
+                ServerProcess(
+                    system,
+                    logs / f"{system.name}.log",
+                    env=server_env(config.device),
+                    cpus=config.server_cpus,
+                )
             )
-            for system in systems(version_dir, naive_workers=config.naive_workers,
-                                  service_flags=config.service_flags())
+            for system in systems(
+                version_dir,
+                naive_workers=config.naive_workers,
+                service_flags=config.service_flags(),
+            )
         ]
-        progress("starting the model ceiling, " + ", ".join(s.system.name for s in servers)
-                 + f" and {config.processes} client processes (in parallel) ...")
+        progress(
+            "starting the model ceiling, "
+            + ", ".join(s.system.name for s in servers)
+            + f" and {config.processes} client processes (in parallel) ..."
+        )
         pool = stack.enter_context(
             ClientPool(config.processes, windows, shape.horizon, cpus=config.client_cpus)
         )
@@ -215,12 +248,14 @@ def run(config: RunConfig, *, progress=print) -> dict:
             for size in ceiling_sizes[mode]:
                 figures = ceiling.measure(size)  # servers and clients idle meanwhile
                 results["model_ceiling"]["by_batch_size"][str(size)] = figures
-                progress(f"  model ceiling, batch {size:>3}: {figures['windows_per_s']:,.0f} "
-                         f"windows/s, p50 {figures['p50_ms']:.2f} ms")
+                progress(
+                    f"  model ceiling, batch {size:>3}: {figures['windows_per_s']:,.0f} "
+                    f"windows/s, p50 {figures['p50_ms']:.2f} ms"
+                )
             for concurrency in levels:
                 rounds: dict[str, list[dict]] = {s.system.name: [] for s in servers}
                 for _ in range(config.repeats):
-                    order = servers[k % len(servers):] + servers[: k % len(servers)]
+                    order = servers[k % len(servers) :] + servers[: k % len(servers)]
                     k += 1
                     for server in order:
                         time.sleep(config.settle)
@@ -233,10 +268,15 @@ def run(config: RunConfig, *, progress=print) -> dict:
             by_name = {s.system.name: s for s in servers}
             results["monitoring_overhead"] = {
                 mode: monitoring_overhead(
-                    pool, by_name["service"], by_name["service_no_monitoring"], mode,
-                    peak(results["systems"]["service_no_monitoring"]["modes"][mode],
-                         "windows_per_s")["concurrency"],
-                    config, progress=progress,
+                    pool,
+                    by_name["service"],
+                    by_name["service_no_monitoring"],
+                    mode,
+                    peak(
+                        results["systems"]["service_no_monitoring"]["modes"][mode], "windows_per_s"
+                    )["concurrency"],
+                    config,
+                    progress=progress,
                 )
                 for mode in config.sweeps
             }
@@ -253,8 +293,14 @@ def run(config: RunConfig, *, progress=print) -> dict:
 
 
 def monitoring_overhead(
-    pool: ClientPool, on: ServerProcess, off: ServerProcess, mode: str, concurrency: int,
-    config: RunConfig, *, progress=print,
+    pool: ClientPool,
+    on: ServerProcess,
+    off: ServerProcess,
+    mode: str,
+    concurrency: int,
+    config: RunConfig,
+    *,
+    progress=print,
 ) -> dict:
     """Throughput with monitoring on over off, as paired back-to-back points at one
     concurrency, the pair's order alternating (on first, then off first, ...).
@@ -267,22 +313,26 @@ def monitoring_overhead(
     pairs = []
     for i in range(config.overhead_pairs):
         got = {}
-        for server in ((on, off) if i % 2 == 0 else (off, on)):
+        for server in (on, off) if i % 2 == 0 else (off, on):
             time.sleep(config.settle)
             got[server.system.name] = measure_point(pool, server, mode, concurrency, config)
         w_on = got[on.system.name]["windows_per_s"]
         w_off = got[off.system.name]["windows_per_s"]
-        pairs.append({
-            "first": "on" if i % 2 == 0 else "off",
-            "on_windows_per_s": w_on,
-            "off_windows_per_s": w_off,
-            "ratio": w_on / w_off if w_off else None,
-            "errors": got[on.system.name]["errors"] + got[off.system.name]["errors"],
-            "on_monitor_cpu_share": monitor_cpu_share(got[on.system.name]),
-        })
-        progress(f"  monitoring on/off {mode:<8} c={concurrency:<4} pair {i + 1}: "
-                 f"{w_on:,.0f} / {w_off:,.0f} windows/s = "
-                 + (f"{pairs[-1]['ratio']:.3f}" if w_off else "n/a"))
+        pairs.append(
+            {
+                "first": "on" if i % 2 == 0 else "off",
+                "on_windows_per_s": w_on,
+                "off_windows_per_s": w_off,
+                "ratio": w_on / w_off if w_off else None,
+                "errors": got[on.system.name]["errors"] + got[off.system.name]["errors"],
+                "on_monitor_cpu_share": monitor_cpu_share(got[on.system.name]),
+            }
+        )
+        progress(
+            f"  monitoring on/off {mode:<8} c={concurrency:<4} pair {i + 1}: "
+            f"{w_on:,.0f} / {w_off:,.0f} windows/s = "
+            + (f"{pairs[-1]['ratio']:.3f}" if w_off else "n/a")
+        )
     ratios = sorted(p["ratio"] for p in pairs if p["ratio"] is not None)
     shares = [p["on_monitor_cpu_share"] for p in pairs if p["on_monitor_cpu_share"] is not None]
     return {

@@ -46,17 +46,40 @@ def systems(
     Both service variants export /metrics on a loopback port (scraped by the bench like a
     Prometheus would); they differ only in ``--monitoring``.
     """
-    service = ("service", "--artifacts", str(artifacts), "--address", "127.0.0.1:0",
-               "--metrics-address", "127.0.0.1", "--metrics-port", "0", *service_flags)
+    service = (
+        "service",
+        "--artifacts",
+        str(artifacts),
+        "--address",
+        "127.0.0.1:0",
+        "--metrics-address",
+        "127.0.0.1",
+        "--metrics-port",
+        "0",
+        *service_flags,
+    )
     return [
-        System("transport_ceiling", "echo server (no model)",
-               ("benchmarks.echo_server", "--artifacts", str(artifacts)), runs_model=False),
-        System("naive", "naive server (model.predict per request)",
-               ("benchmarks.naive_server", "--artifacts", str(artifacts),
-                "--workers", str(naive_workers))),
+        System(
+            "transport_ceiling",
+            "echo server (no model)",
+            ("benchmarks.echo_server", "--artifacts", str(artifacts)),
+            runs_model=False,
+        ),
+        System(
+            "naive",
+            "naive server (model.predict per request)",
+            (
+                "benchmarks.naive_server",
+                "--artifacts",
+                str(artifacts),
+                "--workers",
+                str(naive_workers),
+            ),
+        ),
         System("service", "service, monitoring on", (*service, "--monitoring", "true")),
-        System("service_no_monitoring", "service, monitoring off",
-               (*service, "--monitoring", "false")),
+        System(
+            "service_no_monitoring", "service, monitoring off", (*service, "--monitoring", "false")
+        ),
     ]
 
 
@@ -174,8 +197,9 @@ class ServerProcess:
             stub = health_pb2_grpc.HealthStub(channel)
             while time.monotonic() < deadline:
                 if self.process.poll() is not None:
-                    raise ServerError(f"{self.system.name} exited while warming up:\n"
-                                      + self._tail())
+                    raise ServerError(
+                        f"{self.system.name} exited while warming up:\n" + self._tail()
+                    )
                 try:
                     response = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=5)
                     if response.status == health_pb2.HealthCheckResponse.SERVING:
@@ -202,8 +226,9 @@ class ServerProcess:
             by_name[name] = by_name.get(name, 0.0) + seconds
         return by_name
 
-    def wait_idle(self, *, below_cores: float = 0.1, step: float = 0.25,
-                  limit: float = 30.0) -> float:
+    def wait_idle(
+        self, *, below_cores: float = 0.1, step: float = 0.25, limit: float = 30.0
+    ) -> float:
         """Wait until the server uses less than ``below_cores`` CPU (work left over from
         cancelled calls must not spill into the next measurement). Returns seconds waited."""
         started = time.monotonic()

@@ -69,21 +69,34 @@ def run_soak(config: SoakConfig, *, progress=print) -> dict:
     (config.output_dir / "logs").mkdir(exist_ok=True)
     machine = machine_info()
     started = time.time()
-    service = next(s for s in systems(version_dir, naive_workers=1,
-                                   service_flags=config.service_flags) if s.name == "service")
+    service = next(
+        s
+        for s in systems(version_dir, naive_workers=1, service_flags=config.service_flags)
+        if s.name == "service"
+    )
     measured = config.minutes * 60.0
     progress(f"starting {service.name} ...")
-    with ServerProcess(service, config.output_dir / "logs" / "soak-service.log",
-                       env=server_env(config.device), cpus=config.server_cpus) as server, \
-            ClientPool(config.processes, windows, shape.horizon, cpus=config.client_cpus) as pool:
+    with (
+        ServerProcess(
+            service,
+            config.output_dir / "logs" / "soak-service.log",
+            env=server_env(config.device),
+            cpus=config.server_cpus,
+        ) as server,
+        ClientPool(config.processes, windows, shape.horizon, cpus=config.client_cpus) as pool,
+    ):
         server.wait_ready()
         modes = [config.modes[p % len(config.modes)] for p in range(config.processes)]
-        shares = [(m, plan(MODES[m].rpc, config.concurrency, 1, config.stream_depth)[0])
-                  for m in modes]
-        progress(f"soak: {config.warmup:g} s warm-up + {config.minutes:g} min, clients {modes}, "
-                 f"{config.concurrency} in flight each")
-        start_at = pool.start_jobs(server.target, shares, warmup=config.warmup,
-                                   duration=measured, timeout=config.timeout)
+        shares = [
+            (m, plan(MODES[m].rpc, config.concurrency, 1, config.stream_depth)[0]) for m in modes
+        ]
+        progress(
+            f"soak: {config.warmup:g} s warm-up + {config.minutes:g} min, clients {modes}, "
+            f"{config.concurrency} in flight each"
+        )
+        start_at = pool.start_jobs(
+            server.target, shares, warmup=config.warmup, duration=measured, timeout=config.timeout
+        )
         end = start_at + config.warmup + measured
         samples: list[tuple[float, float]] = []
         cpu: list[tuple[float, float]] = []
@@ -105,20 +118,29 @@ def run_soak(config: SoakConfig, *, progress=print) -> dict:
         latencies = np.concatenate([r.latencies for r in mine])
         errors = sum(sum(r.errors.values()) for r in mine)
         by_mode[mode] = {
-            **summarize(latencies, windows_per_request=MODES[mode].windows_per_request,
-                        seconds=measured, errors=errors),
+            **summarize(
+                latencies,
+                windows_per_request=MODES[mode].windows_per_request,
+                seconds=measured,
+                errors=errors,
+            ),
             "error_codes": {k: v for r in mine for k, v in r.errors.items()},
         }
     cpu_after = [(t, s) for t, s in cpu if t >= config.warmup]
-    cpu_cores = ((cpu_after[-1][1] - cpu_after[0][1]) / (cpu_after[-1][0] - cpu_after[0][0])
-                 if len(cpu_after) > 1 else None)
+    cpu_cores = (
+        (cpu_after[-1][1] - cpu_after[0][1]) / (cpu_after[-1][0] - cpu_after[0][0])
+        if len(cpu_after) > 1
+        else None
+    )
     return {
         "schema": "forecast-soak/1",
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
         "machine": {**machine, "load_average_1m_at_end": round(os.getloadavg()[0], 2)},
-        "config": {**{k: v for k, v in asdict(config).items()
-                      if k not in ("artifacts", "output_dir")},
-                   "artifacts": str(version_dir), "client_modes": modes},
+        "config": {
+            **{k: v for k, v in asdict(config).items() if k not in ("artifacts", "output_dir")},
+            "artifacts": str(version_dir),
+            "client_modes": modes,
+        },
         "model": {"version": shape.version},
         "device": device,
         "minutes": config.minutes,
@@ -154,8 +176,10 @@ def markdown(soak: dict) -> str:
     for mode, f in soak["load"].items():
         p50 = "–" if f["p50_ms"] is None else f"{f['p50_ms']:.2f}"
         p99 = "–" if f["p99_ms"] is None else f"{f['p99_ms']:.2f}"
-        lines.append(f"| {mode} | {f['requests_per_s']:,.0f} | {f['windows_per_s']:,.0f} | "
-                     f"{p50} | {p99} | {f['errors']} |")
+        lines.append(
+            f"| {mode} | {f['requests_per_s']:,.0f} | {f['windows_per_s']:,.0f} | "
+            f"{p50} | {p99} | {f['errors']} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -170,8 +194,13 @@ def plot(soak: dict, path: Path) -> None:
     ax.plot(t, mib, ".-")
     ax.axvline(soak["config"]["warmup"], color="gray", linestyle=":", label="end of warm-up")
     first = soak["rss"]["first_mib"]
-    ax.axhspan(first * (1 - FLAT_WITHIN), first * (1 + FLAT_WITHIN), color="tab:green",
-               alpha=0.1, label="±10% of first sample after warm-up")
+    ax.axhspan(
+        first * (1 - FLAT_WITHIN),
+        first * (1 + FLAT_WITHIN),
+        color="tab:green",
+        alpha=0.1,
+        label="±10% of first sample after warm-up",
+    )
     ax.set_xlabel("seconds since load started")
     ax.set_ylabel("service RSS, MiB")
     ax.set_title(f"Service RSS under sustained load ({soak['created_at']})")

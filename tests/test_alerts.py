@@ -83,8 +83,22 @@ _GROUPING = re.compile(
 )
 _WORD = re.compile(r"(?<![\w.:$])([A-Za-z_:][\w:]*)(\s*\()?")
 _KEYWORDS = {
-    "and", "or", "unless", "bool", "offset", "by", "without", "on", "ignoring",
-    "group_left", "group_right", "inf", "nan", "atan2", "start", "end",
+    "and",
+    "or",
+    "unless",
+    "bool",
+    "offset",
+    "by",
+    "without",
+    "on",
+    "ignoring",
+    "group_left",
+    "group_right",
+    "inf",
+    "nan",
+    "atan2",
+    "start",
+    "end",
 }
 _MATCHERS = re.compile(r"([A-Za-z_:][\w:]*)\s*\{([^}]*)\}")
 _LABEL_NAME = re.compile(r"([A-Za-z_]\w*)\s*(?:=~|!~|!=|=)")
@@ -370,7 +384,7 @@ def test_metric_names_finds_selectors_not_functions_or_labels():
 
 
 def test_series_family_strips_histogram_suffixes_only_from_histograms(
-    service_series: dict[str, set[str]]
+    service_series: dict[str, set[str]],
 ):
     exported = set(service_series)
     assert series_family("forecast_request_duration_seconds_bucket", exported) == (
@@ -423,10 +437,16 @@ def test_every_alert_has_severity_summary_description_and_runbook(alert_rules: d
 def test_runbooks_name_the_known_causes(alert_rules: dict):
     causes = {
         "ForecastOutputCollapsed": (
-            "scaler mismatch", "unscaled inputs", "stale feed", "bad model version",
+            "scaler mismatch",
+            "unscaled inputs",
+            "stale feed",
+            "bad model version",
         ),
         "ForecastInputScaleDrift": (
-            "unit change", "upstream scaling", "already standardized", "stuck sensor",
+            "unit change",
+            "upstream scaling",
+            "already standardized",
+            "stuck sensor",
         ),
     }
     for name, phrases in causes.items():

@@ -55,10 +55,28 @@ def _finite(value) -> bool:
 def bench_dir(trained_version: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     output = tmp_path_factory.mktemp("bench")
     done = _bench(
-        "run", "--artifacts", str(trained_version), "--output-dir", str(output),
-        "--duration", "1", "--warmup", "0.5", "--settle", "0", "--concurrency", "2",
-        "--unary-concurrency", "1,2",
-        "--processes", "2", "--repeats", "2", "--overhead-pairs", "2", *TINY_BATCHING,
+        "run",
+        "--artifacts",
+        str(trained_version),
+        "--output-dir",
+        str(output),
+        "--duration",
+        "1",
+        "--warmup",
+        "0.5",
+        "--settle",
+        "0",
+        "--concurrency",
+        "2",
+        "--unary-concurrency",
+        "1,2",
+        "--processes",
+        "2",
+        "--repeats",
+        "2",
+        "--overhead-pairs",
+        "2",
+        *TINY_BATCHING,
     )
     assert done.returncode == 0, done.stderr[-3000:]
     return output
@@ -93,7 +111,8 @@ def test_bench_json_has_every_system_mode_and_figure(bench_dir: Path):
         for pair in o["pairs"]:
             assert pair["errors"] == 0, (mode, pair)
             assert pair["ratio"] == pytest.approx(
-                pair["on_windows_per_s"] / pair["off_windows_per_s"])
+                pair["on_windows_per_s"] / pair["off_windows_per_s"]
+            )
             share = pair["on_monitor_cpu_share"]
             assert share is None or 0.0 < share < 1.0, (mode, pair)
         assert o["min_ratio"] <= o["median_ratio"] <= o["max_ratio"]
@@ -136,9 +155,22 @@ def test_bench_reports_targets_devices_and_machine(bench_dir: Path):
 def test_soak_reports_rss_after_warmup(trained_version: Path, bench_dir: Path):
     tmp_path = bench_dir  # the soak lands beside the run, so `report` can combine them
     done = _bench(
-        "soak", "--artifacts", str(trained_version), "--output-dir", str(tmp_path),
-        "--minutes", "0.05", "--warmup", "1", "--sample-seconds", "0.5", "--processes", "2",
-        "--concurrency", "2", *TINY_BATCHING,
+        "soak",
+        "--artifacts",
+        str(trained_version),
+        "--output-dir",
+        str(tmp_path),
+        "--minutes",
+        "0.05",
+        "--warmup",
+        "1",
+        "--sample-seconds",
+        "0.5",
+        "--processes",
+        "2",
+        "--concurrency",
+        "2",
+        *TINY_BATCHING,
     )
     assert done.returncode == 0, done.stderr[-3000:]
     soak = json.loads((tmp_path / "soak.json").read_text())
@@ -183,8 +215,13 @@ def test_median_round_is_the_middle_throughput_and_keeps_every_round():
 
 
 def _point(concurrency: int, windows_per_s: float) -> dict:
-    return {"concurrency": concurrency, "windows_per_s": windows_per_s,
-            "requests_per_s": windows_per_s, "requests": 1, "p50_ms": 1.0}
+    return {
+        "concurrency": concurrency,
+        "windows_per_s": windows_per_s,
+        "requests_per_s": windows_per_s,
+        "requests": 1,
+        "p50_ms": 1.0,
+    }
 
 
 def test_monitoring_overhead_target_uses_the_worst_median_pair_over_sweep_peaks():
@@ -200,10 +237,20 @@ def test_monitoring_overhead_target_uses_the_worst_median_pair_over_sweep_peaks(
     assert by_peaks["measured"] == pytest.approx(1000.0 / 1100.0) and by_peaks["met"] is False
 
     results["monitoring_overhead"] = {
-        "unary": {"concurrency": 32, "pairs": [{}] * 3, "median_ratio": 0.97,
-                  "min_ratio": 0.9, "max_ratio": 1.1},
-        "stream": {"concurrency": 32, "pairs": [{}] * 3, "median_ratio": 0.96,
-                   "min_ratio": 0.8, "max_ratio": 1.2},
+        "unary": {
+            "concurrency": 32,
+            "pairs": [{}] * 3,
+            "median_ratio": 0.97,
+            "min_ratio": 0.9,
+            "max_ratio": 1.1,
+        },
+        "stream": {
+            "concurrency": 32,
+            "pairs": [{}] * 3,
+            "median_ratio": 0.96,
+            "min_ratio": 0.8,
+            "max_ratio": 1.2,
+        },
     }
     paired = {t["id"]: t for t in targets(results)}["monitoring_overhead"]
     assert paired["measured"] == 0.96 and paired["met"] is True

@@ -171,9 +171,7 @@ def test_every_expression_matches_only_labels_those_metrics_have(
             assert label in service_series[name] | TARGET_LABELS, query
 
 
-def test_required_panels_show_their_metrics(
-    dashboard: dict, service_series: dict[str, set[str]]
-):
+def test_required_panels_show_their_metrics(dashboard: dict, service_series: dict[str, set[str]]):
     by_title = {panel["title"]: panel for panel in panels(dashboard)}
     exported = set(service_series)
     for title, families in REQUIRED_PANELS.items():

@@ -80,12 +80,19 @@ class ServiceProcess:
         env = {k: v for k, v in os.environ.items() if not k.startswith("FORECAST_")}
         self.process = subprocess.Popen(
             [
-                sys.executable, "-m", "service",
-                "--artifacts", str(artifacts),
-                "--address", "127.0.0.1:0",
-                "--metrics-port", "0",
-                "--metrics-address", "127.0.0.1",
-                "--grace-seconds", "1",
+                sys.executable,
+                "-m",
+                "service",
+                "--artifacts",
+                str(artifacts),
+                "--address",
+                "127.0.0.1:0",
+                "--metrics-port",
+                "0",
+                "--metrics-address",
+                "127.0.0.1",
+                "--grace-seconds",
+                "1",
             ],
             cwd=REPO_ROOT,
             env=env,
@@ -288,7 +295,8 @@ def traffic(
 
 def firing(alerts: list[dict], name: str, instance: str) -> list[dict]:
     return [
-        a for a in alerts
+        a
+        for a in alerts
         if a["labels"]["alertname"] == name
         and a["labels"].get("instance") == instance
         and a["state"] == "firing"
@@ -304,8 +312,13 @@ def diagnosis(
     lines = []
     for alert in prometheus.api("alerts")["alerts"]:
         lines.append(f"alert {alert['labels']} {alert['state']} since {alert['activeAt']}")
-    for metric in ("forecast_output_collapsed", "forecast_prediction_responsiveness_ratio",
-                   "forecast_input_drifted", "forecast_monitored_windows_total", "up"):
+    for metric in (
+        "forecast_output_collapsed",
+        "forecast_prediction_responsiveness_ratio",
+        "forecast_input_drifted",
+        "forecast_monitored_windows_total",
+        "up",
+    ):
         for sample in prometheus.api("query", query=metric)["result"]:
             lines.append(f"{metric} {sample['metric']} = {sample['value'][1]}")
     for name, sender in senders.items():
@@ -335,8 +348,14 @@ def test_prometheus_fires_collapse_and_drift_alerts_and_nothing_for_healthy_traf
             key = (alert["labels"]["alertname"], alert["labels"].get("instance", ""))
             if states.get(key) != alert["state"]:
                 states[key] = alert["state"]
-                log.info("%5.1fs %s %s on %s %s", time.monotonic() - started, key[0],
-                         alert["state"], key[1], alert["labels"].get("feature", ""))
+                log.info(
+                    "%5.1fs %s %s on %s %s",
+                    time.monotonic() - started,
+                    key[0],
+                    alert["state"],
+                    key[1],
+                    alert["labels"].get("feature", ""),
+                )
         collapse = firing(alerts, "ForecastOutputCollapsed", collapsed.instance)
         drift = firing(alerts, "ForecastInputScaleDrift", scaled.instance)
         if collapse and drift:
@@ -365,7 +384,8 @@ def test_prometheus_fires_collapse_and_drift_alerts_and_nothing_for_healthy_traf
     assert not [s for s in seen if s[1] == "firing"], f"fired for healthy traffic: {seen}"
     assert not [s for s in seen if s[0] in MODEL_HEALTH_ALERTS], f"pending on healthy: {seen}"
     assert not [
-        a for a in prometheus.api("alerts")["alerts"]
+        a
+        for a in prometheus.api("alerts")["alerts"]
         if a["labels"].get("instance") == healthy.instance and a["state"] == "firing"
     ]
 
@@ -385,7 +405,8 @@ def test_prometheus_fires_collapse_and_drift_alerts_and_nothing_for_healthy_traf
     assert outputs_per_second > 0 and np.isfinite(mean), fleet
     assert variance > 0.1, fleet
     assert not [
-        a for a in prometheus.api("alerts")["alerts"]
+        a
+        for a in prometheus.api("alerts")["alerts"]
         if a["labels"]["alertname"] == "ForecastFleetPredictionVarianceLow"
     ]
 
@@ -421,7 +442,8 @@ def test_every_dashboard_query_returns_data_from_the_real_services(
     empty = list(queries)
     while empty and time.monotonic() < deadline:
         empty = [
-            where for where in empty
+            where
+            for where in empty
             if not prometheus.api("query", query=as_promql(queries[where]))["result"]
         ]
         time.sleep(POLL_INTERVAL_S if empty else 0)

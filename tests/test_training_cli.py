@@ -253,8 +253,16 @@ def test_allow_collapsed_publishes_no_scaling_model(capsys, tmp_path, tiny_train
 
 @pytest.mark.slow
 def test_diverged_training_is_never_published(capsys, tmp_path, tiny_training_args):
-    argv = [*tiny_training_args, "--learning-rate", "1e30", "--clipnorm", "1e30",
-            "--allow-collapsed", "--output", str(tmp_path)]
+    argv = [
+        *tiny_training_args,
+        "--learning-rate",
+        "1e30",
+        "--clipnorm",
+        "1e30",
+        "--allow-collapsed",
+        "--output",
+        str(tmp_path),
+    ]
 
     exit_code = main(argv)
 
