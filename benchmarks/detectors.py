@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from monitoring.metrics import PredictionMonitor
+from monitoring.monitor import PredictionMonitor
 from monitoring.replay import Traffic, orders, replay, windows_until_flagged
 from training.artifacts import ArtifactError, load_artifacts
 from training.faults import zero_head
@@ -32,11 +32,13 @@ def measure(artifacts_path: Path, windows_per_order: int, scratch: Path) -> dict
     artifacts = load_artifacts(artifacts_path)
     raw = manifest_held_out_windows(artifacts.manifest)
     healthy = traffic_for(artifacts, raw)
-    manifest = artifacts.manifest
+    spec = artifacts.manifest.monitor_spec()
+    if spec is None:
+        raise ArtifactError(f"{artifacts.path}: no detector calibration; retrain this version")
     out: dict = {"version": artifacts.version, "held_out_windows": len(raw)}
 
     for name, stream in orders(len(raw), windows_per_order).items():
-        r = replay(manifest, healthy, stream)
+        r = replay(spec, healthy, stream)
         out[f"healthy_{name}"] = {
             "windows": r.windows,
             "collapse_alarms": r.collapse_alarms,
@@ -52,20 +54,20 @@ def measure(artifacts_path: Path, windows_per_order: int, scratch: Path) -> dict
     constant = Traffic(healthy.last_rows, np.full_like(healthy.raw_output, 0.1), healthy.forecasts)
     broken = traffic_for(load_artifacts(zero_head(artifacts.path, scratch)), raw)
     out["collapse_windows_to_flag"] = {
-        "constant_output": windows_until_flagged(manifest, healthy, constant, kind="collapse"),
-        "zeroed_head_model": windows_until_flagged(manifest, healthy, broken, kind="collapse"),
+        "constant_output": windows_until_flagged(spec, healthy, constant, kind="collapse"),
+        "zeroed_head_model": windows_until_flagged(spec, healthy, broken, kind="collapse"),
     }
     cases = drift_scenarios(artifacts)
     out["drift_windows_to_flag"] = {
-        name: windows_until_flagged(manifest, healthy, traffic_for(artifacts, raw, f), kind="drift")
+        name: windows_until_flagged(spec, healthy, traffic_for(artifacts, raw, f), kind="drift")
         for name, f in cases.items()
     }
-    out["psi_effective_samples_min"] = manifest["monitoring"]["settings"]["psi_min_samples"]
+    out["psi_effective_samples_min"] = spec.calibration.settings.psi_min_samples
 
     n_features = len(artifacts.feature_names)
     cost = {}
     for batch in (1, 8, 32, 128):
-        monitor = PredictionMonitor(manifest)
+        monitor = PredictionMonitor(spec)
         idx = np.arange(20_000) % len(raw)
         started = time.perf_counter()
         for lo in range(0, len(idx), batch):

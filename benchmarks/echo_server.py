@@ -111,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 2
     n_features = len(shape.feature_names)
-    target_index = int(manifest["transform"]["target_index"])
+    target_index = manifest.transform.target_index
     servicer = EchoServicer(
         version=shape.version,
         horizon=shape.horizon,

@@ -12,7 +12,8 @@ from pathlib import Path
 import numpy as np
 
 from service.client import request_from_windows
-from training.artifacts import read_verified_manifest, resolve_version_dir
+from training.artifacts import resolve_version_dir
+from training.manifest import Manifest
 from training.replay import NotSyntheticError, manifest_held_out_windows
 
 
@@ -52,20 +53,20 @@ class ModelShape:
     feature_names: tuple[str, ...]
 
 
-def model_shape(artifacts: Path) -> tuple[Path, ModelShape, dict]:
-    """Resolve and verify a version (checksums only; nothing is deserialised)."""
+def model_shape(artifacts: Path) -> tuple[Path, ModelShape, Manifest]:
+    """Resolve and verify a version (format and checksums only; nothing is deserialised)."""
     version_dir = resolve_version_dir(artifacts)
-    manifest = read_verified_manifest(version_dir)
+    manifest = Manifest.load(version_dir)
     shape = ModelShape(
-        version=str(manifest["version"]),
-        window=int(manifest["window"]),
-        horizon=int(manifest["horizon"]),
-        feature_names=tuple(manifest["feature_names"]),
+        version=manifest.version,
+        window=manifest.window,
+        horizon=manifest.horizon,
+        feature_names=manifest.feature_names,
     )
     return version_dir, shape, manifest
 
 
-def held_out(manifest: dict) -> np.ndarray:
+def held_out(manifest: Manifest) -> np.ndarray:
     """Raw validation + test windows ``[n, window, F]`` float32 (the wire precision)."""
     try:
         return manifest_held_out_windows(manifest).astype(np.float32)

@@ -20,51 +20,36 @@ sample reaches ``psi_min_samples``).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
 
 import numpy as np
 
 from monitoring.ewstats import EWHistogram, EWSlice, EWStats, float32_tolerance, psi
+from monitoring.reference import CollapseCalibration, DetectorSettings, DriftBand, FeatureReference
 
 # Std ratios below this are "not moving at all" (float rounding, not a spread).
 STILL_STD_RATIO = 1e-6
-
-
-@dataclass(frozen=True)
-class DetectorSettings:
-    """Window counts are in forecast windows (one row each)."""
-
-    collapse_halflife: float = 8.0
-    collapse_min_windows: int = 32
-    activity_floor: float = 0.05
-    drift_halflife: float = 32.0
-    drift_min_windows: int = 64
-    psi_halflife: float = 256.0
-    psi_min_samples: float = 500.0
-    # Margins applied around what healthy validation replay showed.
-    collapse_margin: float = 0.3  # threshold = margin x lowest healthy responsiveness
-    collapse_threshold_cap: float = 0.1
-    mean_margin: float = 1.0  # training stds beyond the healthy range of the mean z-score
-    std_factor: float = 2.0  # std ratio beyond [lo / f, hi * f]
-    psi_floor: float = 0.25
-    psi_factor: float = 2.0
-    out_of_range_floor: float = 0.5
 
 
 class CollapseDetector:
     """Input-adjusted variability of the raw model output, with hysteresis."""
 
     def __init__(
-        self, *, horizon: int, n_features: int, calibration: dict, settings: DetectorSettings
-    ):
+        self,
+        *,
+        horizon: int,
+        n_features: int,
+        calibration: CollapseCalibration,
+        settings: DetectorSettings,
+    ) -> None:
         self.settings = settings
         # Outputs and inputs share a half-life: one update for both, read apart.
         self._stats = EWStats(horizon + n_features, settings.collapse_halflife)
         self.pred = EWSlice(self._stats, slice(0, horizon))
         self.inputs = EWSlice(self._stats, slice(horizon, None))
-        self.ref_pred_var = float(calibration["pred_var"])
-        self.ref_input_var = float(calibration["input_var"])
-        self.threshold_on = float(calibration["threshold"])
+        self.ref_pred_var = float(calibration.pred_var)
+        self.ref_input_var = float(calibration.input_var)
+        self.threshold_on = float(calibration.threshold)
         self.threshold_off = 2.0 * self.threshold_on
         self.collapsed = False
         self.events = 0
@@ -103,39 +88,39 @@ class DriftDetector:
     def __init__(
         self,
         *,
-        feature_names: list[str],
-        reference: dict,
-        calibration: dict,
+        reference: Mapping[str, FeatureReference],
+        calibration: Mapping[str, DriftBand],
         settings: DetectorSettings,
-    ):
+    ) -> None:
+        """``reference`` names the features in input order; ``calibration`` has a band each."""
         self.settings = settings
-        self.names = list(feature_names)
-        refs = [reference[name] for name in self.names]
-        self.ref_mean = np.array([r["mean"] for r in refs])
-        self.ref_std = np.maximum(np.array([r["std"] for r in refs]), 1e-12)
-        ref_min = np.array([r["min"] for r in refs])
-        ref_max = np.array([r["max"] for r in refs])
+        self.names = list(reference)
+        refs = list(reference.values())
+        self.ref_mean = np.array([r.mean for r in refs])
+        self.ref_std = np.maximum(np.array([r.std for r in refs]), 1e-12)
+        ref_min = np.array([r.min for r in refs])
+        ref_max = np.array([r.max for r in refs])
         self.ref_min = ref_min - float32_tolerance(ref_min)
         self.ref_max = ref_max + float32_tolerance(ref_max)
-        self.expected = [np.asarray(r["bin_fractions"]) for r in refs]
+        self.expected = [np.asarray(r.bin_fractions) for r in refs]
         n = len(self.names)
         # Values and out-of-range indicators share a half-life: one update for both.
         self._stats = EWStats(2 * n, settings.drift_halflife)
         self.stats = EWSlice(self._stats, slice(0, n))
         self.outside = EWSlice(self._stats, slice(n, None))
-        self.hist = EWHistogram([r["bin_edges"] for r in refs], settings.psi_halflife)
-        cal = [calibration[name] for name in self.names]
+        self.hist = EWHistogram([list(r.bin_edges) for r in refs], settings.psi_halflife)
+        bands = [calibration[name] for name in self.names]
         m = settings
-        self.mean_lo = np.array([c["mean_z"][0] for c in cal]) - m.mean_margin
-        self.mean_hi = np.array([c["mean_z"][1] for c in cal]) + m.mean_margin
-        std_lo = np.array([c["std_ratio"][0] for c in cal]) / m.std_factor
+        self.mean_lo = np.array([b.mean_z[0] for b in bands]) - m.mean_margin
+        self.mean_hi = np.array([b.mean_z[1] for b in bands]) + m.mean_margin
+        std_lo = np.array([b.std_ratio[0] for b in bands]) / m.std_factor
         # A feature that healthy replay showed standing still (a weekend flag over a weekday
         # span) has a lowest std ratio at rounding level: it gets no lower bound on its spread,
         # or rounding noise alone would decide the flag.
         self.std_lo = np.where(std_lo < STILL_STD_RATIO, 0.0, std_lo)
-        self.std_hi = np.array([c["std_ratio"][1] for c in cal]) * m.std_factor
-        self.psi_limit = np.array([max(m.psi_floor, m.psi_factor * c["psi"]) for c in cal])
-        self.oor_limit = np.array([max(m.out_of_range_floor, 2.0 * c["out_of_range"]) for c in cal])
+        self.std_hi = np.array([b.std_ratio[1] for b in bands]) * m.std_factor
+        self.psi_limit = np.array([max(m.psi_floor, m.psi_factor * b.psi) for b in bands])
+        self.oor_limit = np.array([max(m.out_of_range_floor, 2.0 * b.out_of_range) for b in bands])
 
     def update(self, last_rows: np.ndarray) -> None:
         outside = (last_rows < self.ref_min) | (last_rows > self.ref_max)

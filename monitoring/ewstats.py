@@ -17,8 +17,8 @@ from __future__ import annotations
 import numpy as np
 
 # Batches up to this many samples take their weights from a precomputed table (a fixed size,
-# so memory stays O(1) in the stream length); longer batches compute them. The service's
-# monitor updates at 2,048 buffered windows plus at most one model batch.
+# so memory stays O(1) in the stream length); longer batches compute them. The prediction
+# monitor sizes its updates from it (monitoring.monitor.UPDATE_EVERY).
 WEIGHT_TABLE = 4096
 
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from monitoring.metrics import PredictionMonitor
+from monitoring.monitor import MonitorSpec, PredictionMonitor
 
 
 @dataclass(frozen=True)
@@ -46,9 +46,9 @@ def orders(n: int, total: int, seed: int = 1) -> dict[str, np.ndarray]:
     }
 
 
-def replay(manifest: dict, traffic: Traffic, order: np.ndarray, batch: int = 8) -> ReplayResult:
+def replay(spec: MonitorSpec, traffic: Traffic, order: np.ndarray, batch: int = 8) -> ReplayResult:
     """Count alarm onsets (transitions into collapsed / drifted) over the whole stream."""
-    monitor = PredictionMonitor(manifest)
+    monitor = PredictionMonitor(spec)
     collapse_alarms = drift_alarms = 0
     was_collapsed = False
     was_drifted = np.zeros(len(monitor.feature_names), dtype=bool)
@@ -82,7 +82,7 @@ def replay(manifest: dict, traffic: Traffic, order: np.ndarray, batch: int = 8) 
 
 
 def windows_until_flagged(
-    manifest: dict,
+    spec: MonitorSpec,
     healthy: Traffic,
     faulty: Traffic,
     *,
@@ -96,7 +96,7 @@ def windows_until_flagged(
     or None if it never was within ``limit``. Raises if healthy warm-up already alarmed."""
     if kind not in ("collapse", "drift"):
         raise ValueError(kind)
-    monitor = PredictionMonitor(manifest)
+    monitor = PredictionMonitor(spec)
     n = len(healthy)
     for lo in range(0, warm_up, batch):
         monitor.observe(*healthy.take(np.arange(lo, min(lo + batch, warm_up)) % n))

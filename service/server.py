@@ -14,7 +14,8 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import CollectorRegistry
 
-from monitoring.metrics import PredictionMonitor, ServingMetrics, start_metrics_server
+from monitoring.metrics import ServingMetrics, start_metrics_server
+from monitoring.monitor import PredictionMonitor
 from service.announce import GRPC_LISTENING, METRICS_LISTENING
 from service.api import SERVICE_NAME, pb, pb_grpc
 from service.auth import BearerTokenInterceptor
@@ -247,10 +248,10 @@ async def serve(
 def _model_labels(artifacts: Artifacts, device: str) -> dict[str, str]:
     return {
         "version": artifacts.version,
-        "target": str(artifacts.manifest["target"]),
+        "target": artifacts.manifest.target,
         "window": str(artifacts.window),
         "horizon": str(artifacts.horizon),
-        "target_mode": str(artifacts.manifest["transform"]["mode"]),
+        "target_mode": artifacts.manifest.transform.mode,
         "device": device,
     }
 
@@ -272,11 +273,14 @@ def _chain_recorders(record: Recorder | None, metrics: ServingMetrics) -> Record
 
 
 def _prediction_monitor(artifacts: Artifacts, on_change) -> PredictionMonitor | None:
-    try:
-        return PredictionMonitor(artifacts.manifest, on_collapse_change=on_change)
-    except (KeyError, ValueError) as exc:
-        log.warning("collapse/drift detectors off: %s (retrain to calibrate them)", exc)
+    spec = artifacts.manifest.monitor_spec()
+    if spec is None:
+        log.warning(
+            "collapse/drift detectors off: manifest has no 'monitoring' calibration section "
+            "(retrain to calibrate them)"
+        )
         return None
+    return PredictionMonitor(spec, on_collapse_change=on_change)
 
 
 def _monitor_observer(monitor: PredictionMonitor) -> BatchObserver:

@@ -115,26 +115,24 @@ def model_info(
     forecaster: Forecaster, *, max_windows_per_request: int, device: str
 ) -> pb.ModelInfo:
     manifest = forecaster.artifacts.manifest
-    metrics = manifest.get("metrics", {})
 
     def split(name: str) -> pb.SplitMetrics | None:
-        m = metrics.get(name)
-        if not m:
+        m = manifest.metrics.get(name)
+        if m is None:
             return None
         return pb.SplitMetrics(
-            mae=m["mae"],
-            rmse=m["rmse"],
-            persistence_mae=m["persistence_mae"],
-            mean_forecast_mae=m["mean_mae"],
-            std_ratio=m["std_ratio"],
-            windows=m["n_windows"],
+            mae=m.mae,
+            rmse=m.rmse,
+            persistence_mae=m.persistence_mae,
+            mean_forecast_mae=m.mean_mae,
+            std_ratio=m.std_ratio,
+            windows=m.n_windows,
         )
 
-    features = manifest.get("reference", {}).get("features", {})
     return pb.ModelInfo(
         model_version=forecaster.version,
         feature_names=forecaster.artifacts.feature_names,
-        target=manifest["target"],
+        target=manifest.target,
         window=forecaster.window,
         horizon=forecaster.transform.horizon,
         target_mode=forecaster.transform.mode,
@@ -143,16 +141,16 @@ def model_info(
         features=[
             pb.FeatureReference(
                 name=name,
-                mean=ref["mean"],
-                std=ref["std"],
-                min=ref["min"],
-                max=ref["max"],
-                raw_mean=ref.get("raw_mean", 0.0),
-                raw_std=ref.get("raw_std", 0.0),
+                mean=ref.mean,
+                std=ref.std,
+                min=ref.min,
+                max=ref.max,
+                raw_mean=ref.raw_mean or 0.0,
+                raw_std=ref.raw_std or 0.0,
             )
-            for name, ref in features.items()
+            for name, ref in manifest.reference.features.items()
         ],
         max_windows_per_request=max_windows_per_request,
-        created_at=manifest.get("created_at", ""),
+        created_at=manifest.created_at,
         device=device,
     )

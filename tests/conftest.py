@@ -68,6 +68,18 @@ def trained_version(trained_output) -> Path:
     return versions[0]
 
 
+# A version published by the code of format 1 before the typed manifest (checked in, 45 KB): what
+# users already have on disk must keep loading.
+FORMAT1_BASE = Path(__file__).parent / "fixtures" / "format1"
+
+
+@pytest.fixture(scope="session")
+def format1_version() -> Path:
+    """The checked-in format-1 version directory (manifest.json, model.keras, scaler.joblib)."""
+    (version,) = FORMAT1_BASE.iterdir()
+    return version
+
+
 # --------------------------------------------------------------------------------------------
 # System tools
 # --------------------------------------------------------------------------------------------

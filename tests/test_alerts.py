@@ -24,7 +24,9 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
-from monitoring.metrics import PredictionMonitor, ServingMetrics
+from monitoring.metrics import ServingMetrics
+from monitoring.monitor import PredictionMonitor
+from training.manifest import Manifest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 PROMETHEUS_DEPLOY = REPO_ROOT / "deploy" / "prometheus"
@@ -41,12 +43,12 @@ SEVERITIES = {"critical", "warning"}
 # -------------------------------------------------------------------------------------------
 
 
-def exported_series(manifest: dict) -> dict[str, set[str]]:
+def exported_series(manifest: Manifest) -> dict[str, set[str]]:
     """Series names the service exports -> their label names, from the service's own metric
     classes on a fresh registry (the names Prometheus stores: ``_total``, ``_bucket``...)."""
     registry = CollectorRegistry()
     ServingMetrics(registry, model_labels=model_labels(manifest))
-    registry.register(PredictionMonitor(manifest))
+    registry.register(PredictionMonitor(manifest.monitor_spec()))
     series: dict[str, set[str]] = {}
     for family in registry.collect():
         for sample in family.samples:
@@ -54,14 +56,14 @@ def exported_series(manifest: dict) -> dict[str, set[str]]:
     return series
 
 
-def model_labels(manifest: dict) -> dict[str, str]:
+def model_labels(manifest: Manifest) -> dict[str, str]:
     """``forecast_model_info`` labels as the server builds them for ``manifest``."""
     return {
-        "version": manifest["version"],
-        "target": str(manifest["target"]),
-        "window": str(manifest["window"]),
-        "horizon": str(manifest["horizon"]),
-        "target_mode": str(manifest["transform"]["mode"]),
+        "version": manifest.version,
+        "target": manifest.target,
+        "window": str(manifest.window),
+        "horizon": str(manifest.horizon),
+        "target_mode": manifest.transform.mode,
         "device": "CPU",
     }
 
@@ -232,12 +234,12 @@ class PrometheusServer:
 
 
 @pytest.fixture(scope="module")
-def manifest(trained_version: Path) -> dict:
-    return json.loads((trained_version / "manifest.json").read_text())
+def manifest(trained_version: Path) -> Manifest:
+    return Manifest.load(trained_version)
 
 
 @pytest.fixture(scope="module")
-def service_series(manifest: dict) -> dict[str, set[str]]:
+def service_series(manifest: Manifest) -> dict[str, set[str]]:
     return exported_series(manifest)
 
 
@@ -292,10 +294,10 @@ def test_sample_prometheus_config_passes_promtool_check(promtool_binary: str):
     assert result.returncode == 0, result.stdout.decode() + result.stderr.decode()
 
 
-def test_service_metrics_exposition_passes_promtool_lint(promtool_binary: str, manifest: dict):
+def test_service_metrics_exposition_passes_promtool_lint(promtool_binary: str, manifest: Manifest):
     registry = CollectorRegistry()
     ServingMetrics(registry, model_labels=model_labels(manifest))
-    registry.register(PredictionMonitor(manifest))
+    registry.register(PredictionMonitor(manifest.monitor_spec()))
     result = run_promtool(promtool_binary, "check", "metrics", stdin=generate_latest(registry))
     assert result.returncode == 0, result.stdout.decode() + result.stderr.decode()
 

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
-from monitoring.metrics import KNOWN_CODES, PredictionMonitor, ServingMetrics
+from monitoring.metrics import KNOWN_CODES, ServingMetrics
+from monitoring.monitor import PredictionMonitor
 from training.artifacts import load_artifacts
 
 LABELS = {
@@ -69,9 +71,9 @@ def test_two_registries_do_not_share_state():
 
 def test_prediction_monitor_exports_every_contract_metric(manifest):
     registry = CollectorRegistry()
-    monitor = PredictionMonitor(manifest)
+    monitor = PredictionMonitor(manifest.monitor_spec())
     registry.register(monitor)
-    names = manifest["feature_names"]
+    names = manifest.feature_names
 
     text = generate_latest(registry).decode()
 
@@ -100,16 +102,16 @@ def test_prediction_monitor_exports_every_contract_metric(manifest):
 
 def test_sufficient_statistics_are_standardized_sums(manifest):
     registry = CollectorRegistry()
-    monitor = PredictionMonitor(manifest)
+    monitor = PredictionMonitor(manifest.monitor_spec())
     registry.register(monitor)
     rng = np.random.default_rng(0)
-    n, f = 40, len(manifest["feature_names"])
-    raw = rng.normal(size=(n, int(manifest["horizon"])))
+    n, f = 40, len(manifest.feature_names)
+    raw = rng.normal(size=(n, manifest.horizon))
     rows = rng.normal(size=(n, f))
 
     monitor.observe(rows, raw, raw * 100)
 
-    std = np.asarray(manifest["reference"]["validation_prediction_std"])
+    std = np.asarray(manifest.reference.validation_prediction_std)
     z = raw / std
     get = registry.get_sample_value
     assert get("forecast_prediction_standardized_values_total") == z.size
@@ -120,9 +122,9 @@ def test_sufficient_statistics_are_standardized_sums(manifest):
         -z[z < 0].sum()
     )
     assert get("forecast_prediction_standardized_squares_total") == pytest.approx((z**2).sum())
-    feature = manifest["feature_names"][0]
-    ref = manifest["reference"]["features"][feature]
-    z_in = (rows[:, 0] - ref["mean"]) / ref["std"]
+    feature = manifest.feature_names[0]
+    ref = manifest.reference.features[feature]
+    z_in = (rows[:, 0] - ref.mean) / ref.std
     signed = get("forecast_input_standardized_positive_sum_total", {"feature": feature}) - get(
         "forecast_input_standardized_negative_sum_total", {"feature": feature}
     )
@@ -132,9 +134,9 @@ def test_sufficient_statistics_are_standardized_sums(manifest):
 def test_sufficient_statistics_never_decrease(manifest):
     """Counters must be monotonic even when every standardized value is negative."""
     registry = CollectorRegistry()
-    monitor = PredictionMonitor(manifest, update_every=1)
+    monitor = PredictionMonitor(manifest.monitor_spec(), update_every=1)
     registry.register(monitor)
-    f, h = len(manifest["feature_names"]), int(manifest["horizon"])
+    f, h = len(manifest.feature_names), manifest.horizon
     names = [
         f"forecast_prediction_standardized_{part}_total"
         for part in ("values", "positive_sum", "negative_sum", "squares")
@@ -152,10 +154,10 @@ def test_sufficient_statistics_never_decrease(manifest):
 def test_windows_too_extreme_to_forecast_do_not_poison_the_statistics(manifest):
     """Such windows get INVALID_ARGUMENT but still reach the monitor with their batch."""
     registry = CollectorRegistry()
-    monitor = PredictionMonitor(manifest)
+    monitor = PredictionMonitor(manifest.monitor_spec())
     registry.register(monitor)
     rng = np.random.default_rng(2)
-    f, h = len(manifest["feature_names"]), int(manifest["horizon"])
+    f, h = len(manifest.feature_names), manifest.horizon
     rows, raw = rng.normal(size=(100, f)), rng.normal(size=(100, h))
     rows[3, 0], raw[5, 0], raw[7, 0] = np.inf, np.nan, -np.inf
 
@@ -166,16 +168,18 @@ def test_windows_too_extreme_to_forecast_do_not_poison_the_statistics(manifest):
     assert get("forecast_prediction_standardized_values_total") == 97 * h
     assert np.isfinite(get("forecast_prediction_standardized_negative_sum_total"))
     assert np.isfinite(get("forecast_prediction_variance_ratio"))
-    for feature in manifest["feature_names"]:
+    for feature in manifest.feature_names:
         assert np.isfinite(get("forecast_input_mean_zscore", {"feature": feature}))
 
 
 def test_detectors_update_when_enough_windows_wait_or_the_oldest_is_old(manifest):
     now = [0.0]
     registry = CollectorRegistry()
-    monitor = PredictionMonitor(manifest, update_every=64, max_delay=1.0, clock=lambda: now[0])
+    monitor = PredictionMonitor(
+        manifest.monitor_spec(), update_every=64, max_delay=1.0, clock=lambda: now[0]
+    )
     registry.register(monitor)
-    f, h = len(manifest["feature_names"]), int(manifest["horizon"])
+    f, h = len(manifest.feature_names), manifest.horizon
 
     def batch(n):
         monitor.observe(np.zeros((n, f)), np.zeros((n, h)), np.zeros((n, h)))
@@ -200,10 +204,10 @@ def test_detectors_update_when_enough_windows_wait_or_the_oldest_is_old(manifest
 def test_collapse_transition_counts_an_event_and_calls_back(manifest):
     changes = []
     registry = CollectorRegistry()
-    monitor = PredictionMonitor(manifest, on_collapse_change=changes.append)
+    monitor = PredictionMonitor(manifest.monitor_spec(), on_collapse_change=changes.append)
     registry.register(monitor)
     rng = np.random.default_rng(1)
-    f, h = len(manifest["feature_names"]), int(manifest["horizon"])
+    f, h = len(manifest.feature_names), manifest.horizon
     assert math.isnan(registry.get_sample_value("forecast_prediction_variance_ratio"))
 
     monitor.observe(rng.normal(size=(200, f)), np.full((200, h), 0.3), np.zeros((200, h)))
@@ -213,7 +217,7 @@ def test_collapse_transition_counts_an_event_and_calls_back(manifest):
     assert registry.get_sample_value("forecast_prediction_variance_ratio") == pytest.approx(0.0)
     assert changes == [True]
 
-    scale = np.sqrt(manifest["monitoring"]["collapse"]["pred_var"])
+    scale = np.sqrt(manifest.monitoring.collapse.pred_var)
     monitor.observe(
         rng.normal(size=(300, f)), scale * rng.normal(size=(300, h)), np.zeros((300, h))
     )
@@ -223,7 +227,6 @@ def test_collapse_transition_counts_an_event_and_calls_back(manifest):
     assert registry.get_sample_value("forecast_collapse_events_total") == 1
 
 
-def test_monitor_refuses_a_manifest_without_calibration(manifest):
-    stripped = {k: v for k, v in manifest.items() if k != "monitoring"}
-    with pytest.raises(ValueError, match="monitoring"):
-        PredictionMonitor(stripped)
+def test_manifest_without_calibration_gives_no_monitor(manifest):
+    stripped = dataclasses.replace(manifest, monitoring=None)
+    assert stripped.monitor_spec() is None

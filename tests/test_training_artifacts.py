@@ -5,6 +5,7 @@ Covers training/artifacts.py, plus the version the session's tiny training run p
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import shutil
@@ -20,19 +21,26 @@ from training.artifacts import (
     resolve_version_dir,
 )
 from training.data import synthetic_series
+from training.manifest import Manifest
 from training.predict import predict_windows
 from training.prepare import prepare
 from training.transform import future_targets, sliding_windows, window_ends
 
 
 @pytest.fixture
-def write_dummy_files():
+def sample_manifest(format1_version) -> Manifest:
+    """A complete manifest to publish placeholder files under."""
+    return Manifest.load(format1_version)
+
+
+@pytest.fixture
+def write_dummy_files(sample_manifest):
     """A publish callback that writes placeholder model and scaler files."""
 
     def write(directory):
         (directory / "model.keras").write_bytes(b"model bytes")
         (directory / "scaler.joblib").write_bytes(b"scaler bytes")
-        return {"window": 4}
+        return dataclasses.replace(sample_manifest, window=4)
 
     return write
 
@@ -82,10 +90,10 @@ def test_publish_crash_mid_write_leaves_nothing(tmp_path, crash):
     assert list_versions(tmp_path) == []
 
 
-def test_publish_missing_scaler_leaves_nothing(tmp_path):
+def test_publish_missing_scaler_leaves_nothing(tmp_path, sample_manifest):
     def write(directory):
         (directory / "model.keras").write_bytes(b"model bytes")
-        return {}
+        return sample_manifest
 
     with pytest.raises(FileNotFoundError):
         publish(tmp_path, "20260101T000000.000000Z", write)

@@ -130,9 +130,9 @@ def test_transform_round_trips_through_manifest(indexed_values):
     transform = WindowTransform.fit(
         fit_scaler(indexed_values), indexed_values, target_index=1, window=6, horizon=2
     )
-    manifest = {"window": 6, "horizon": 2, "transform": transform.to_manifest()}
+    spec = transform.to_spec()
 
-    restored = WindowTransform.from_manifest(transform.scaler, manifest)
+    restored = WindowTransform.from_spec(transform.scaler, spec, window=6, horizon=2)
 
     assert restored.mode == "delta"
     assert (restored.window, restored.horizon, restored.target_index) == (6, 2, 1)

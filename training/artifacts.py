@@ -8,7 +8,8 @@ Layout::
     <base>/<version>/report.json      the full training report
     <base>/<version>/report.png       forecast vs actual, loss curves, gradient norms
 
-A version is written to a hidden temporary directory and renamed into place, so a crash never
+The manifest's types, format versions and checksums are :mod:`training.manifest`. A version is
+written to a hidden temporary directory and renamed into place, so a crash never
 leaves a half-written version that a server could pick up. Loaders ignore hidden directories.
 Checksums are verified before anything is deserialised: ``scaler.joblib`` is a pickle and a
 ``.keras`` file holds code references, so neither may be opened unverified.
@@ -16,8 +17,6 @@ Checksums are verified before anything is deserialised: ``scaler.joblib`` is a p
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import shutil
 import tempfile
@@ -25,25 +24,33 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-MODEL_FILE = "model.keras"
-SCALER_FILE = "scaler.joblib"
-MANIFEST_FILE = "manifest.json"
-CHECKSUMMED = (MODEL_FILE, SCALER_FILE)
-FORMAT_VERSION = 1
+from training.manifest import (
+    CHECKSUMMED,
+    MANIFEST_FILE,
+    MODEL_FILE,
+    SCALER_FILE,
+    ArtifactError,
+    Manifest,
+)
 
+if TYPE_CHECKING:
+    from training.transform import WindowTransform
 
-class ArtifactError(Exception):
-    """An artifact cannot be used. The message is one line naming the file and the problem."""
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+__all__ = [
+    "CHECKSUMMED",
+    "MANIFEST_FILE",
+    "MODEL_FILE",
+    "SCALER_FILE",
+    "ArtifactError",
+    "Artifacts",
+    "list_versions",
+    "load_artifacts",
+    "new_version_name",
+    "publish",
+    "resolve_version_dir",
+]
 
 
 def new_version_name(now: datetime | None = None) -> str:
@@ -52,14 +59,13 @@ def new_version_name(now: datetime | None = None) -> str:
     return now.strftime("%Y%m%dT%H%M%S.%fZ")
 
 
-def publish(
-    base: Path, version: str, write: Callable[[Path], dict[str, Any]], *, extra_files=()
-) -> Path:
+def publish(base: Path, version: str, write: Callable[[Path], Manifest]) -> Path:
     """Write a version atomically.
 
-    ``write(tmpdir)`` writes the files and returns the manifest body; this function adds the
-    checksums of the model and scaler, writes ``manifest.json`` last, fsyncs, and renames the
-    directory into place. On any exception the temporary directory is removed.
+    ``write(tmpdir)`` writes the files and returns the manifest; this function seals it with
+    the version name and the checksums of the model and scaler, writes ``manifest.json`` last,
+    fsyncs, and renames the directory into place. On any exception the temporary directory is
+    removed.
     """
     base.mkdir(parents=True, exist_ok=True)
     final = base / version
@@ -67,11 +73,10 @@ def publish(
         raise ArtifactError(f"{final}: version already exists")
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{version}-", dir=base))
     try:
-        manifest = write(tmp)
-        manifest["files"] = {name: sha256_file(tmp / name) for name in CHECKSUMMED}
-        manifest["version"] = version
-        manifest["format_version"] = FORMAT_VERSION
-        _write_json(tmp / MANIFEST_FILE, manifest)
+        written = write(tmp)
+        if isinstance(written, dict):  # TEMP shim until run.py builds the typed manifest
+            written = Manifest.from_dict({"format_version": 1, "files": {}, **written})
+        written.sealed(version, tmp).dump(tmp)
         for path in tmp.iterdir():
             _fsync(path)
         os.chmod(tmp, 0o755)
@@ -81,10 +86,6 @@ def publish(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return final
-
-
-def _write_json(path: Path, body: dict) -> None:
-    path.write_text(json.dumps(body, indent=2, sort_keys=False, allow_nan=False) + "\n")
 
 
 def _fsync(path: Path) -> None:
@@ -115,73 +116,45 @@ def resolve_version_dir(path: str | Path) -> Path:
     return versions[-1]
 
 
-def read_verified_manifest(version_dir: Path) -> dict[str, Any]:
-    """Read ``manifest.json`` and check every listed file's sha256, without deserialising them."""
-    manifest_path = version_dir / MANIFEST_FILE
-    if not manifest_path.is_file():
-        raise ArtifactError(f"{manifest_path}: missing manifest")
-    try:
-        manifest = json.loads(manifest_path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ArtifactError(f"{manifest_path}: unreadable manifest ({exc})") from None
-    files = manifest.get("files") if isinstance(manifest, dict) else None
-    if not isinstance(files, dict):
-        raise ArtifactError(f"{manifest_path}: no 'files' checksum table")
-    for name in CHECKSUMMED:
-        if name not in files:
-            raise ArtifactError(f"{manifest_path}: no checksum listed for {name}")
-    for name, expected in files.items():
-        target = version_dir / name
-        if Path(name).name != name:
-            raise ArtifactError(f"{manifest_path}: file name {name!r} is not a plain name")
-        if not target.is_file():
-            raise ArtifactError(f"{target}: missing (listed in {MANIFEST_FILE})")
-        actual = sha256_file(target)
-        if actual != expected:
-            raise ArtifactError(
-                f"{target}: sha256 mismatch (manifest {str(expected)[:12]}…, file {actual[:12]}…)"
-            )
-    for key in ("version", "feature_names", "target", "window", "horizon", "transform"):
-        if key not in manifest:
-            raise ArtifactError(f"{manifest_path}: missing key {key!r}")
-    return manifest
-
-
 @dataclass(frozen=True)
 class Artifacts:
     """A verified, loaded version."""
 
     path: Path
-    manifest: dict[str, Any]
+    manifest: Manifest
     model: Any  # keras.Model
     scaler: Any  # sklearn StandardScaler
 
     @property
     def version(self) -> str:
-        return str(self.manifest["version"])
+        return self.manifest.version
 
     @property
     def feature_names(self) -> list[str]:
-        return list(self.manifest["feature_names"])
+        return list(self.manifest.feature_names)
 
     @property
     def window(self) -> int:
-        return int(self.manifest["window"])
+        return self.manifest.window
 
     @property
     def horizon(self) -> int:
-        return int(self.manifest["horizon"])
+        return self.manifest.horizon
 
-    def transform(self):
+    def transform(self) -> WindowTransform:
         from training.transform import WindowTransform
 
-        return WindowTransform.from_manifest(self.scaler, self.manifest)
+        m = self.manifest
+        return WindowTransform.from_spec(
+            self.scaler, m.transform, window=m.window, horizon=m.horizon
+        )
 
 
 def load_artifacts(path: str | Path) -> Artifacts:
-    """Resolve, verify checksums, then deserialise and cross-check model, scaler and manifest."""
+    """Resolve, verify format and checksums, then deserialise and cross-check model, scaler and
+    manifest."""
     version_dir = resolve_version_dir(path)
-    manifest = read_verified_manifest(version_dir)
+    manifest = Manifest.load(version_dir)
 
     import joblib  # deferred: only after verification
 
@@ -200,9 +173,9 @@ def load_artifacts(path: str | Path) -> Artifacts:
     return Artifacts(path=version_dir, manifest=manifest, model=model, scaler=scaler)
 
 
-def _cross_check(version_dir: Path, manifest: dict, model, scaler) -> None:
-    n_features = len(manifest["feature_names"])
-    window, horizon = int(manifest["window"]), int(manifest["horizon"])
+def _cross_check(version_dir: Path, manifest: Manifest, model: Any, scaler: Any) -> None:
+    n_features = len(manifest.feature_names)
+    window, horizon = manifest.window, manifest.horizon
     scaler_features = getattr(scaler, "n_features_in_", None)
     if scaler_features != n_features:
         raise ArtifactError(
@@ -221,9 +194,6 @@ def _cross_check(version_dir: Path, manifest: dict, model, scaler) -> None:
             f"{version_dir / MODEL_FILE}: model output shape {out_shape[1:]} disagrees with "
             f"manifest horizon {horizon}"
         )
-    spec = manifest["transform"]
-    if (
-        not 0 <= int(spec.get("target_index", -1)) < n_features
-        or len(spec.get("step_scale", [])) != horizon
-    ):
+    spec = manifest.transform
+    if not 0 <= spec.target_index < n_features or len(spec.step_scale) != horizon:
         raise ArtifactError(f"{version_dir / MANIFEST_FILE}: transform section is inconsistent")

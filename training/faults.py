@@ -9,10 +9,10 @@ checksums, so it passes artifact verification like any real bad model version wo
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import sys
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 
 from training.artifacts import (
@@ -23,6 +23,7 @@ from training.artifacts import (
     new_version_name,
     publish,
 )
+from training.manifest import Fault, Manifest
 
 
 def zero_head(source: str | Path, output: str | Path) -> Path:
@@ -34,10 +35,11 @@ def zero_head(source: str | Path, output: str | Path) -> Path:
     head = model.layers[-1]
     kernel, *rest = head.get_weights()
     head.set_weights([np.zeros_like(kernel), *rest])
-    manifest = json.loads((artifacts.path / MANIFEST_FILE).read_text())
-    manifest["fault"] = {"kind": "zero-head", "source_version": artifacts.version}
+    manifest = replace(
+        artifacts.manifest, fault=Fault(kind="zero-head", source_version=artifacts.version)
+    )
 
-    def write(directory: Path) -> dict:
+    def write(directory: Path) -> Manifest:
         for item in artifacts.path.iterdir():
             if item.name not in (MODEL_FILE, MANIFEST_FILE) and item.is_file():
                 shutil.copy2(item, directory / item.name)

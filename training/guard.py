@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
+from pydantic import computed_field
 
 # A layer whose gradient is this many times smaller than the head's has stopped learning.
 VANISHING_RATIO = 1e-3
@@ -33,11 +34,12 @@ class SplitMetrics:
     std_ratio: float
     level_std_ratio: float
 
+    @computed_field  # type: ignore[prop-decorator]
     @property
     def mae_vs_persistence(self) -> float:
         return self.mae / self.persistence_mae if self.persistence_mae > 0 else float("inf")
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, float]:
         return {**asdict(self), "mae_vs_persistence": self.mae_vs_persistence}
 
 

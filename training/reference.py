@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
+
 import numpy as np
 
-from monitoring.calibration import reference_bins
+from monitoring.reference import feature_reference
 
 
 def input_reference(
@@ -12,17 +14,8 @@ def input_reference(
 ) -> dict[str, dict]:
     """Per feature: mean, std, min, max and the 9 decile edges in scaled (model-input) units,
     the PSI bins derived from the deciles, and the raw-unit mean and std."""
-    out = {}
-    for i, name in enumerate(feature_names):
-        col = scaled_train[:, i].astype(np.float64)
-        raw = raw_train[:, i]
-        out[name] = {
-            "mean": float(col.mean()),
-            "std": float(col.std()),
-            "min": float(col.min()),
-            "max": float(col.max()),
-            **reference_bins(col),
-            "raw_mean": float(raw.mean()),
-            "raw_std": float(raw.std()),
-        }
-    return out
+    # TEMP shim (dicts) until run.py builds the typed manifest
+    return {
+        name: asdict(feature_reference(scaled_train[:, i], raw_train[:, i]))
+        for i, name in enumerate(feature_names)
+    }

@@ -10,6 +10,7 @@ import numpy as np
 from monitoring.replay import Traffic
 from training.artifacts import Artifacts
 from training.data import Series, synthetic_series
+from training.manifest import Manifest
 from training.predict import predict_windows
 from training.prepare import prepare
 from training.transform import sliding_windows, window_ends
@@ -37,13 +38,13 @@ class NotSyntheticError(ValueError):
     """The version was trained on ``--data``, so its held-out windows cannot be rebuilt here."""
 
 
-def manifest_held_out_windows(manifest: dict) -> np.ndarray:
+def manifest_held_out_windows(manifest: Manifest) -> np.ndarray:
     """The held-out raw windows of a version trained on the built-in synthetic series.
 
     The series is rebuilt with the training flags recorded in the manifest, so these are
     windows the model never trained on.
     """
-    argv = list(manifest.get("training", {}).get("argv", []))
+    argv = list(manifest.training.argv)
     if "--data" in argv:
         raise NotSyntheticError(
             "this version was trained on --data; replays use the built-in synthetic series, "
@@ -55,8 +56,8 @@ def manifest_held_out_windows(manifest: dict) -> np.ndarray:
 
     return held_out_windows(
         synthetic_series(int(flag("--synthetic-steps", "6000"))),
-        window=int(manifest["window"]),
-        horizon=int(manifest["horizon"]),
+        window=manifest.window,
+        horizon=manifest.horizon,
         val_fraction=float(flag("--val-fraction", "0.15")),
         test_fraction=float(flag("--test-fraction", "0.15")),
     )

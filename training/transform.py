@@ -20,6 +20,8 @@ from dataclasses import dataclass
 import numpy as np
 from sklearn.preprocessing import StandardScaler
 
+from training.manifest import TransformSpec
+
 TARGET_MODES = ("delta", "level")
 
 
@@ -86,23 +88,32 @@ class WindowTransform:
             step_scale = np.maximum(np.sqrt(np.mean(deltas**2, axis=0)), 1e-6)
         return cls(scaler, target_index, window, horizon, mode, step_scale)
 
-    def to_manifest(self) -> dict:
+    def to_spec(self) -> TransformSpec:
+        """The manifest's record of the target formulation (the scaler is saved on its own)."""
+        return TransformSpec(
+            mode=self.mode,
+            target_index=self.target_index,
+            step_scale=tuple(float(s) for s in self.step_scale),
+        )
+
+    def to_manifest(self) -> dict:  # TEMP shim until run.py builds the typed manifest
         return {
             "mode": self.mode,
             "target_index": self.target_index,
-            "step_scale": [float(s) for s in self.step_scale],
+            "step_scale": list(self.to_spec().step_scale),
         }
 
     @classmethod
-    def from_manifest(cls, scaler: StandardScaler, manifest: dict) -> WindowTransform:
-        spec = manifest["transform"]
+    def from_spec(
+        cls, scaler: StandardScaler, spec: TransformSpec, *, window: int, horizon: int
+    ) -> WindowTransform:
         return cls(
             scaler=scaler,
-            target_index=int(spec["target_index"]),
-            window=int(manifest["window"]),
-            horizon=int(manifest["horizon"]),
-            mode=str(spec["mode"]),
-            step_scale=np.asarray(spec["step_scale"], dtype=np.float64),
+            target_index=spec.target_index,
+            window=window,
+            horizon=horizon,
+            mode=spec.mode,
+            step_scale=np.asarray(spec.step_scale, dtype=np.float64),
         )
 
     # ---- forward ---------------------------------------------------------------------------

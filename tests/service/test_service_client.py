@@ -62,7 +62,7 @@ async def test_client_forecast_from_csv_uses_last_window_rows(
     body = json.loads(result.stdout)
     expected = await stub.Forecast(request_from_windows(windows[5:6]), timeout=TIMEOUT)
     assert body["model_version"] == artifacts.version
-    assert body["target"] == artifacts.manifest["target"]
+    assert body["target"] == artifacts.manifest.target
     np.testing.assert_allclose(body["forecasts"], forecasts_from_response(expected), rtol=1e-6)
 
 

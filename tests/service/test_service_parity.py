@@ -77,5 +77,5 @@ async def test_streamed_forecasts_match_offline_prediction(
 
 def test_offline_forecasts_are_not_trivial(offline_forecasts, parity_windows, artifacts):
     """Guards the parity tests against comparing two constant answers."""
-    target = parity_windows[:, -1, artifacts.feature_names.index(artifacts.manifest["target"])]
+    target = parity_windows[:, -1, artifacts.feature_names.index(artifacts.manifest.target)]
     assert np.std(offline_forecasts[:, 0]) > 0.1 * np.std(target)

@@ -65,18 +65,18 @@ async def test_get_model_info_describes_the_served_version(stub, artifacts, sett
 
     manifest = artifacts.manifest
     assert info.model_version == artifacts.version
-    assert list(info.feature_names) == manifest["feature_names"]
-    assert info.target == manifest["target"]
-    assert info.window == manifest["window"]
-    assert info.horizon == manifest["horizon"]
-    assert info.target_mode == manifest["transform"]["mode"]
+    assert list(info.feature_names) == list(manifest.feature_names)
+    assert info.target == manifest.target
+    assert info.window == manifest.window
+    assert info.horizon == manifest.horizon
+    assert info.target_mode == manifest.transform.mode
     assert info.max_windows_per_request == settings.max_windows_per_request
     assert info.device == "CPU"
-    assert info.created_at == manifest["created_at"]
-    assert info.validation.mae == manifest["metrics"]["val"]["mae"]
-    assert info.test.persistence_mae == manifest["metrics"]["test"]["persistence_mae"]
-    assert info.test.windows == manifest["metrics"]["test"]["n_windows"]
-    assert [f.name for f in info.features] == manifest["feature_names"]
+    assert info.created_at == manifest.created_at
+    assert info.validation.mae == manifest.metrics["val"].mae
+    assert info.test.persistence_mae == manifest.metrics["test"].persistence_mae
+    assert info.test.windows == manifest.metrics["test"].n_windows
+    assert [f.name for f in info.features] == list(manifest.feature_names)
 
 
 async def test_unknown_method_is_unimplemented(channel):

@@ -1,0 +1,233 @@
+"""The manifest of a published version: a typed, frozen record with one :meth:`Manifest.load`
+and one :meth:`Manifest.dump`.
+
+``manifest.json`` stays plain JSON for people and other tools: ``version``, ``feature_names``,
+``target``, ``window``, ``horizon`` and ``files`` (the sha256 of each checksummed file) sit at
+the top level, next to the transform, the reference statistics and detector calibration, the
+evaluation metrics, the guard's verdict and a record of the training run.
+
+Format versions. ``format_version`` names the layout and meaning of the file. A reader knows
+the formats in :data:`KNOWN_FORMATS` and refuses any other in one line naming the file and both
+versions, before it trusts anything else in the file. Format 1 is what every version published
+so far carries: its sections are those below, and the sections added after the first release
+(``monitoring``, the raw-unit feature statistics) are optional, so every format-1 manifest
+loads. When a change alters what a field means, the format number goes up, and the loader
+migrates the older formats whose meaning it can restate (or refuses them with a message
+saying why and what to do).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from pydantic import TypeAdapter, ValidationError
+
+from monitoring.monitor import MonitorSpec
+from monitoring.reference import Calibration, FeatureReference
+from training.guard import SplitMetrics
+
+FORMAT_VERSION = 1
+KNOWN_FORMATS = (1,)
+
+MODEL_FILE = "model.keras"
+SCALER_FILE = "scaler.joblib"
+MANIFEST_FILE = "manifest.json"
+CHECKSUMMED = (MODEL_FILE, SCALER_FILE)
+
+
+class ArtifactError(Exception):
+    """An artifact cannot be used. The message is one line naming the file and the problem."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class TransformSpec:
+    """The target formulation of :class:`training.transform.WindowTransform` (the scaler itself
+    is ``scaler.joblib``)."""
+
+    mode: str  # "delta" or "level"
+    target_index: int  # the target's column among the features
+    step_scale: tuple[float, ...]  # per horizon step, in scaled target units
+
+
+@dataclass(frozen=True, kw_only=True)
+class Imputation:
+    method: str
+    train_means: tuple[float, ...]  # the training-split mean of each feature
+
+
+@dataclass(frozen=True, kw_only=True)
+class Reference:
+    """Statistics of healthy inputs and outputs, for the drift and collapse detectors."""
+
+    features: Mapping[str, FeatureReference]  # in input order
+    validation_prediction_std: tuple[float, ...]  # raw model output, per horizon step
+    validation_prediction_std_target_units: tuple[float, ...]
+
+
+@dataclass(frozen=True, kw_only=True)
+class GuardRecord:
+    """The collapse guard's verdict on this version."""
+
+    collapsed: bool
+    std_ratio_threshold: float
+    reasons: tuple[str, ...]
+    causes: tuple[str, ...]
+    vanishing_gradient_layers: tuple[str, ...]
+    published_despite_collapse: bool
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainingRecord:
+    """How the version was trained."""
+
+    argv: tuple[str, ...]
+    units: tuple[int, ...]
+    dropout: float
+    l2: float
+    epochs_max: int
+    epochs_run: int
+    best_epoch: int
+    batch_size: int
+    learning_rate: float
+    clipnorm: float
+    seed: int
+    device: str
+    duration_seconds: float
+    windows: Mapping[str, int]  # per split
+    imputed_cells: int
+
+
+@dataclass(frozen=True, kw_only=True)
+class Environment:
+    python: str
+    tensorflow: str
+    keras: str
+    numpy: str
+    scikit_learn: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class Fault:
+    """Set on deliberately broken copies (``python -m training.faults``)."""
+
+    kind: str
+    source_version: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class Manifest:
+    created_at: str
+    feature_names: tuple[str, ...]
+    target: str
+    window: int
+    horizon: int
+    scaling: bool
+    transform: TransformSpec
+    imputation: Imputation
+    reference: Reference
+    monitoring: Calibration | None = None  # None: published before detectors were calibrated
+    metrics: Mapping[str, SplitMetrics]  # "val" and "test"
+    guard: GuardRecord
+    training: TrainingRecord
+    environment: Environment
+    fault: Fault | None = None
+    files: Mapping[str, str] = field(default_factory=dict)  # file name -> sha256, set by publish
+    version: str = ""  # set by publish
+    format_version: int = FORMAT_VERSION
+
+    def monitor_spec(self) -> MonitorSpec | None:
+        """What the prediction monitor needs, or None when the detectors were not calibrated."""
+        if self.monitoring is None:
+            return None
+        return MonitorSpec(
+            horizon=self.horizon,
+            features=self.reference.features,
+            prediction_std=self.reference.validation_prediction_std,
+            calibration=self.monitoring,
+        )
+
+    def sealed(self, version: str, directory: Path) -> Manifest:
+        """This manifest for ``version``, with the checksums of the files in ``directory``."""
+        files = {name: sha256_file(directory / name) for name in CHECKSUMMED}
+        return replace(self, version=version, files=files, format_version=FORMAT_VERSION)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON body (absent optional sections are left out)."""
+        body: dict[str, Any] = _ADAPTER.dump_python(self, mode="json", exclude_none=True)
+        return body
+
+    def dump(self, directory: Path) -> Path:
+        """Write ``manifest.json`` into ``directory``; returns its path."""
+        path = directory / MANIFEST_FILE
+        path.write_text(json.dumps(self.to_dict(), indent=2, allow_nan=False) + "\n")
+        return path
+
+    @classmethod
+    def from_dict(cls, body: object, *, source: Path | str = MANIFEST_FILE) -> Manifest:
+        """Check the format version, then the fields; errors name ``source`` in one line."""
+        if not isinstance(body, dict):
+            raise ArtifactError(f"{source}: not a JSON object")
+        found = body.get("format_version")
+        if found not in KNOWN_FORMATS:
+            raise ArtifactError(
+                f"{source}: format_version {found!r} is not one this server reads "
+                f"(it reads format {', '.join(map(str, KNOWN_FORMATS))}); "
+                "serve it with a matching release or retrain"
+            )
+        try:
+            return _ADAPTER.validate_python(body)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(part) for part in first["loc"])
+            raise ArtifactError(f"{source}: invalid manifest at {where}: {first['msg']}") from None
+
+    @classmethod
+    def load(cls, version_dir: Path) -> Manifest:
+        """Read ``manifest.json`` of a version: format version first, then the fields, then
+        every listed file's sha256 (without deserialising any of them)."""
+        path = version_dir / MANIFEST_FILE
+        if not path.is_file():
+            raise ArtifactError(f"{path}: missing manifest")
+        try:
+            body = json.loads(path.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise ArtifactError(f"{path}: unreadable manifest ({exc})") from None
+        if isinstance(body, dict) and not isinstance(body.get("files"), dict):
+            raise ArtifactError(f"{path}: no 'files' checksum table")
+        manifest = cls.from_dict(body, source=path)
+        _verify_files(version_dir, manifest.files)
+        return manifest
+
+
+_ADAPTER: TypeAdapter[Manifest] = TypeAdapter(Manifest)
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _verify_files(version_dir: Path, files: Mapping[str, str]) -> None:
+    manifest_path = version_dir / MANIFEST_FILE
+    for name in CHECKSUMMED:
+        if name not in files:
+            raise ArtifactError(f"{manifest_path}: no checksum listed for {name}")
+    for name, expected in files.items():
+        target = version_dir / name
+        if Path(name).name != name:
+            raise ArtifactError(f"{manifest_path}: file name {name!r} is not a plain name")
+        if not target.is_file():
+            raise ArtifactError(f"{target}: missing (listed in {MANIFEST_FILE})")
+        actual = sha256_file(target)
+        if actual != expected:
+            raise ArtifactError(
+                f"{target}: sha256 mismatch (manifest {str(expected)[:12]}…, file {actual[:12]}…)"
+            )
