@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Any
 
 SYSTEM_ORDER = ("transport_ceiling", "naive", "service", "service_no_monitoring")
 SHORT = {
@@ -29,10 +30,11 @@ def _at_concurrency(points: list[dict], concurrency: int) -> dict | None:
     return next((p for p in points if p["concurrency"] == concurrency and p["requests"]), None)
 
 
-def _ratio(a: float | None, b: float | None) -> float | None:
+def _ratio(a: Any, b: Any) -> float | None:
+    """a / b for two figures read from the results JSON (None where either is missing)."""
     if a is None or b is None or b == 0:
         return None
-    return a / b
+    return float(a) / float(b)
 
 
 def _target(key, figure, target, op, threshold, measured, detail) -> dict:
@@ -180,12 +182,13 @@ def _overhead_target(results: dict, modes) -> dict:
     is CPU-bound, so CPU spent on monitoring is throughput lost; that share is read from the
     kernel's per-thread accounting and carries none of the machine's load drift, while the
     throughput pairs do (and two processes of the same build differ by a few percent)."""
-    peaks = {}
+    peaks: dict[str, float] = {}
     for mode, points in modes("service").items():
         on = peak(points, "windows_per_s")
         off = peak(modes("service_no_monitoring").get(mode, []), "windows_per_s")
-        peaks[mode] = _ratio(on and on["windows_per_s"], off and off["windows_per_s"])
-    peaks = {m: r for m, r in peaks.items() if r is not None}
+        ratio = _ratio(on and on["windows_per_s"], off and off["windows_per_s"])
+        if ratio is not None:
+            peaks[mode] = ratio
     paired = {
         m: o
         for m, o in results.get("monitoring_overhead", {}).items()
@@ -195,7 +198,7 @@ def _overhead_target(results: dict, modes) -> dict:
     if paired:
         shares = {m: o.get("median_monitor_cpu_share") for m, o in paired.items()}
         estimate = {m: min(o["median_ratio"], 1.0 - (shares[m] or 0.0)) for m, o in paired.items()}
-        worst = min(estimate, key=estimate.get)
+        worst = min(estimate, key=lambda m: estimate[m])
         n = len(paired[worst]["pairs"])
         share_text = ", ".join(f"{m} {v:.1%}" for m, v in shares.items() if v is not None)
         detail = (
@@ -223,7 +226,7 @@ def _overhead_target(results: dict, modes) -> dict:
             estimate[worst],
             detail,
         )
-    worst = min(peaks, key=peaks.get) if peaks else None
+    worst = min(peaks, key=lambda m: peaks[m]) if peaks else None
     return _target(
         "monitoring_overhead",
         "Monitoring overhead: peak throughput on / off (worst mode)",

@@ -151,7 +151,7 @@ def run(config: RunConfig, *, progress=print) -> dict:
     largest = config.max_batch_size or Settings().max_batch_size
     # Each batch size is measured just before the first mode compared with it; the unary modes
     # also get the largest bucket, the batch the service forms under single-window load.
-    ceiling_sizes = {}
+    ceiling_sizes: dict[str, list[int]] = {}
     for mode in config.sweeps:
         size = MODES[mode].windows_per_request
         wanted = (size, largest) if size == 1 else (size,)
@@ -272,9 +272,7 @@ def run(config: RunConfig, *, progress=print) -> dict:
                     by_name["service"],
                     by_name["service_no_monitoring"],
                     mode,
-                    peak(
-                        results["systems"]["service_no_monitoring"]["modes"][mode], "windows_per_s"
-                    )["concurrency"],
+                    _peak_concurrency(results["systems"]["service_no_monitoring"]["modes"][mode]),
                     config,
                     progress=progress,
                 )
@@ -363,3 +361,11 @@ def _progress_line(system: str, mode: str, point: dict) -> str:
         f"err {point['errors']}  cpu server {point['server_cpu_cores']:.2f} "
         f"clients {point['client_cpu_cores']:.2f}"
     )
+
+
+def _peak_concurrency(points: list[dict]) -> int:
+    """The concurrency of the highest windows/s among ``points``."""
+    best = peak(points, "windows_per_s")
+    if best is None:
+        raise RuntimeError("no successful point to pair monitoring on and off at")
+    return int(best["concurrency"])

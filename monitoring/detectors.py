@@ -129,11 +129,13 @@ class DriftDetector:
 
     @property
     def mean_zscore(self) -> np.ndarray:
-        return (self.stats.mean - self.ref_mean) / self.ref_std
+        z: np.ndarray = (self.stats.mean - self.ref_mean) / self.ref_std
+        return z
 
     @property
     def std_ratio(self) -> np.ndarray:
-        return np.sqrt(self.stats.var) / self.ref_std
+        ratio: np.ndarray = np.sqrt(self.stats.var) / self.ref_std
+        return ratio
 
     @property
     def out_of_range_ratio(self) -> np.ndarray:

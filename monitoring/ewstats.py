@@ -24,11 +24,12 @@ WEIGHT_TABLE = 4096
 
 def float32_tolerance(values: np.ndarray) -> np.ndarray:
     """Slack for values that arrive as float32 over gRPC but were float64 in training."""
-    return 1e-5 * (1.0 + np.abs(values))
+    slack: np.ndarray = 1e-5 * (1.0 + np.abs(values))
+    return slack
 
 
 def alpha_for_halflife(halflife: float) -> float:
-    return 1.0 - 0.5 ** (1.0 / halflife)
+    return float(1.0 - 0.5 ** (1.0 / halflife))
 
 
 class _Decay:

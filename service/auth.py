@@ -3,21 +3,27 @@
 from __future__ import annotations
 
 import hmac
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
 import grpc
 
 OPEN_PREFIXES = ("/grpc.health.v1.Health/",)
 
 
-class BearerTokenInterceptor(grpc.aio.ServerInterceptor):
+class BearerTokenInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
     """Requires ``authorization: Bearer <token>``; compares in constant time (hmac)."""
 
-    def __init__(self, token: str):
+    def __init__(self, token: str) -> None:
         if not token:
             raise ValueError("empty auth token")
         self._expected = f"Bearer {token}".encode()
 
-    async def intercept_service(self, continuation, handler_call_details):
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
         handler = await continuation(handler_call_details)
         if handler is None or handler_call_details.method.startswith(OPEN_PREFIXES):
             return handler
@@ -31,11 +37,13 @@ class BearerTokenInterceptor(grpc.aio.ServerInterceptor):
         return _denied(handler)
 
 
-async def _deny(request_or_iterator, context: grpc.aio.ServicerContext):
+async def _deny(request_or_iterator: Any, context: grpc.aio.ServicerContext) -> None:
     await context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or invalid bearer token")
 
 
-async def _deny_stream(request_or_iterator, context: grpc.aio.ServicerContext):
+async def _deny_stream(
+    request_or_iterator: Any, context: grpc.aio.ServicerContext
+) -> AsyncIterator[None]:
     await context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or invalid bearer token")
     yield  # pragma: no cover - makes this an async generator
 

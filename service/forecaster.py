@@ -39,8 +39,8 @@ class Forecaster:
         model = artifacts.model
         spec = tf.TensorSpec([None, artifacts.window, len(artifacts.feature_names)], tf.float32)
 
-        @tf.function(input_signature=[spec], jit_compile=jit_compile)
-        def call(x):
+        @tf.function(input_signature=[spec], jit_compile=jit_compile)  # type: ignore[untyped-decorator]
+        def call(x: tf.Tensor) -> tf.Tensor:
             return model(x, training=False)
 
         self._call = call

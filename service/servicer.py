@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 
 import grpc
+import numpy as np
 
 from service.api import pb, pb_grpc
 from service.batching import MicroBatcher
@@ -31,7 +32,7 @@ class ForecastServicer(pb_grpc.ForecastServiceServicer):
         self._max_windows = max_windows_per_request
         self._info = model_info
 
-    def _windows(self, request: pb.ForecastRequest):
+    def _windows(self, request: pb.ForecastRequest) -> np.ndarray:
         return windows_from_request(
             request,
             window=self._forecaster.window,
@@ -59,7 +60,8 @@ class ForecastServicer(pb_grpc.ForecastServiceServicer):
         and answered strictly in order. A bad message ends the stream with INVALID_ARGUMENT
         after the responses to every earlier message."""
         slots = asyncio.Semaphore(STREAM_IN_FLIGHT)
-        queue: asyncio.Queue = asyncio.Queue()  # futures, an exception, or None at the end
+        # Futures, an exception, or None at the end.
+        queue: asyncio.Queue[asyncio.Future[np.ndarray] | Exception | None] = asyncio.Queue()
         deadline = self._deadline(context)
 
         async def read() -> None:
@@ -103,7 +105,7 @@ class ForecastServicer(pb_grpc.ForecastServiceServicer):
         return self._info
 
 
-async def _with_message_index(index: int, forecast):
+async def _with_message_index(index: int, forecast: Awaitable[np.ndarray]) -> np.ndarray:
     """Prefix a stream message's window error (found after batching) with its message index."""
     try:
         return await forecast

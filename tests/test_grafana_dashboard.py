@@ -166,7 +166,7 @@ def test_every_expression_matches_only_labels_those_metrics_have(
     for variable in dashboard["templating"]["list"]:
         if variable["type"] == "query":
             query = variable["query"]["query"]
-            metric, label = _LABEL_VALUES.match(query).groups()
+            metric, label = _matched(_LABEL_VALUES, query).groups()
             (name,) = metric_names(metric)
             assert label in service_series[name] | TARGET_LABELS, query
 
@@ -187,7 +187,7 @@ def test_required_panels_show_their_metrics(dashboard: dict, service_series: dic
 def test_latency_panel_shows_p50_p90_p99(dashboard: dict):
     (panel,) = [p for p in panels(dashboard) if p["title"] == "Latency percentiles (Forecast)"]
     quantiles = {
-        re.match(r"\s*histogram_quantile\(([\d.]+),", target["expr"]).group(1)
+        _matched(re.compile(r"\s*histogram_quantile\(([\d.]+),"), target["expr"]).group(1)
         for target in panel["targets"]
     }
     assert quantiles == {"0.5", "0.9", "0.99"}
@@ -223,3 +223,10 @@ def test_every_expression_is_valid_promql_to_a_real_prometheus(
                 pytest.fail(f"{where}: {exc}", pytrace=False)
     finally:
         server.stop()
+
+
+def _matched(pattern: re.Pattern[str], text: str) -> re.Match[str]:
+    match = pattern.match(text)
+    if match is None:
+        raise AssertionError(f"{text!r} does not match {pattern.pattern!r}")
+    return match

@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -152,3 +155,25 @@ def test_checksums_are_verified_after_the_format(format1_copy):
 
     with pytest.raises(ArtifactError, match="scaler.joblib: sha256 mismatch"):
         Manifest.load(format1_copy)
+
+
+@pytest.mark.slow
+def test_service_refuses_an_unknown_format_at_start_up_with_exit_2(format1_copy):
+    rewrite_manifest(format1_copy, lambda body: body.update(format_version=2))
+
+    result = subprocess.run(
+        [sys.executable, "-m", "service", "--artifacts", str(format1_copy)]
+        + ["--address", "127.0.0.1:0", "--metrics-port", "-1"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={k: v for k, v in os.environ.items() if not k.startswith("FORECAST_")},
+    )
+
+    assert result.returncode == 2
+    last = result.stderr.strip().splitlines()[-1]
+    assert last == (
+        f"python -m service: error: {format1_copy / 'manifest.json'}: format_version 2 is not "
+        "one this server reads (it reads format 1); serve it with a matching release or retrain"
+    )
+    assert "Traceback" not in result.stderr

@@ -55,10 +55,10 @@ def evaluate(
     """All arrays are ``[n, horizon]`` except ``last_value`` ``[n]`` (the persistence forecast)."""
     persistence = np.broadcast_to(last_value[:, None], truth.shape)
 
-    def mae(a):
+    def mae(a: np.ndarray) -> float:
         return float(np.mean(np.abs(a - truth)))
 
-    def rmse(a):
+    def rmse(a: np.ndarray) -> float:
         return float(np.sqrt(np.mean((a - truth) ** 2)))
 
     return SplitMetrics(

@@ -5,13 +5,15 @@ Training evaluates with this, and the service's parity test compares its answers
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from training.transform import WindowTransform
 
 
 def predict_windows(
-    model, transform: WindowTransform, raw_windows: np.ndarray, *, batch_size: int = 512
+    model: Any, transform: WindowTransform, raw_windows: np.ndarray, *, batch_size: int = 512
 ) -> tuple[np.ndarray, np.ndarray]:
     """Returns (forecasts in target units ``[n, horizon]``, raw model output ``[n, horizon]``)."""
     x, anchors = transform.encode_windows(np.asarray(raw_windows, dtype=np.float64))

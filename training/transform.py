@@ -122,7 +122,8 @@ class WindowTransform:
         """Raw ``[..., features]`` in training units -> scaled float32, same shape."""
         flat = np.asarray(values, dtype=np.float64).reshape(-1, self.n_features)
         with np.errstate(over="ignore", invalid="ignore"):  # inf is rejected per window later
-            return self.scaler.transform(flat).astype(np.float32).reshape(np.shape(values))
+            scaled: np.ndarray = self.scaler.transform(flat)
+        return scaled.astype(np.float32).reshape(np.shape(values))
 
     def encode_windows(self, raw_windows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Raw windows -> (model inputs ``[n, window, features]`` float32, anchors ``[n]``).
@@ -138,7 +139,8 @@ class WindowTransform:
 
     def encode_targets(self, scaled_future: np.ndarray, anchors: np.ndarray) -> np.ndarray:
         """Scaled future target values ``[n, horizon]`` -> what the model is trained to output."""
-        return ((scaled_future - anchors[:, None]) / self.step_scale).astype(np.float32)
+        targets: np.ndarray = (scaled_future - anchors[:, None]) / self.step_scale
+        return targets.astype(np.float32)
 
     # ---- inverse ---------------------------------------------------------------------------
 
@@ -146,7 +148,8 @@ class WindowTransform:
         """Model output ``[n, horizon]`` -> forecasts in target units ``[n, horizon]``."""
         scaled = anchors[:, None] + np.asarray(raw_output, dtype=np.float64) * self.step_scale
         mean, scale = self.target_affine()
-        return scaled * scale + mean
+        forecasts: np.ndarray = scaled * scale + mean
+        return forecasts
 
     def target_affine(self) -> tuple[float, float]:
         """(mean, scale) of the fitted scaler for the target column; identity when unscaled."""
