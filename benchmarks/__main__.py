@@ -19,10 +19,13 @@ report); 2 for bad flags or a missing/unusable trained model (one line on stderr
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
 import sys
 from pathlib import Path
+
+from training.cli import Parser, int_list, positive
 
 PROG = "python -m benchmarks"
 
@@ -34,23 +37,9 @@ DEFAULT_SWEEPS = {
 }
 
 
-def _ints(text: str) -> tuple[int, ...]:
-    try:
-        values = tuple(int(v) for v in text.split(",") if v.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected comma-separated integers, got {text!r}"
-        ) from None
-    if not values or min(values) < 0:
-        raise argparse.ArgumentTypeError(f"expected non-negative integers, got {text!r}")
-    return values
-
-
-def _levels(text: str) -> tuple[int, ...]:
-    values = _ints(text)
-    if min(values) < 1:
-        raise argparse.ArgumentTypeError("concurrency levels must be >= 1")
-    return tuple(sorted(set(values)))
+# CPU numbers ("0,1"), and sets of sizes such as concurrency levels or batch buckets ("1,8,32").
+_cpus = functools.partial(int_list, minimum=0)
+_levels = functools.partial(int_list, unique_sorted=True)
 
 
 def _modes(text: str) -> tuple[str, ...]:
@@ -62,25 +51,6 @@ def _modes(text: str) -> tuple[str, ...]:
             + ", ".join(DEFAULT_SWEEPS)
         )
     return names
-
-
-def _positive(kind, *, zero_ok: bool = False):
-    def parse(text: str):
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-        if value < 0 or (value == 0 and not zero_ok):
-            raise argparse.ArgumentTypeError(f"must be {'>=' if zero_ok else '>'} 0, got {text!r}")
-        return value
-
-    parse.__name__ = kind.__name__
-    return parse
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):  # type: ignore[override]
-        self.exit(2, f"{PROG}: error: {message}\n")
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
@@ -106,26 +76,26 @@ def _common(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--timeout",
-        type=_positive(float),
+        type=positive(float),
         default=30.0,
         help="per-call deadline, seconds (a call past it is an error)",
     )
     parser.add_argument(
         "--stream-depth",
-        type=_positive(int),
+        type=positive(int),
         default=8,
         help="StreamForecast messages in flight per stream (concurrency in "
         "stream mode counts messages in flight, spread over streams)",
     )
     parser.add_argument(
         "--server-cpus",
-        type=_ints,
+        type=_cpus,
         default=None,
         help="pin the servers and the model ceiling to these CPUs, e.g. 0 (unset: no pinning)",
     )
     parser.add_argument(
         "--client-cpus",
-        type=_ints,
+        type=_cpus,
         default=None,
         help="pin the client processes to these CPUs, e.g. 1 (unset: no pinning)",
     )
@@ -138,7 +108,7 @@ def _common(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--max-batch-size",
-        type=_positive(int),
+        type=positive(int),
         default=None,
         help="the service's --max-batch-size (unset: the service's own default)",
     )
@@ -151,7 +121,7 @@ def _common(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(
+    parser = Parser(
         prog=PROG,
         description="Measure the forecast service against its ceilings and the "
         "naive server, side by side in one run.",
@@ -169,7 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
     _common(run)
     run.add_argument(
         "--duration",
-        type=_positive(float),
+        type=positive(float),
         default=3.0,
         help="measured seconds per point (and per model-ceiling batch size)",
     )
@@ -181,7 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument(
         "--processes",
-        type=_positive(int),
+        type=positive(int),
         default=4,
         help="client processes (one Python process tops out near 1,500 unary "
         "calls/s, so several are needed)",
@@ -208,14 +178,14 @@ def build_parser() -> argparse.ArgumentParser:
         )
     run.add_argument(
         "--repeats",
-        type=_positive(int),
+        type=positive(int),
         default=3,
         help="rounds per point, each over every system in rotated order; the "
         "round with the median throughput is reported (all rounds are kept)",
     )
     run.add_argument(
         "--overhead-pairs",
-        type=_positive(int, zero_ok=True),
+        type=positive(int, zero_ok=True),
         default=16,
         help="after the sweeps, back-to-back pairs of the service with monitoring "
         "on and off per mode, at the concurrency where monitoring-off peaked; the "
@@ -231,7 +201,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument(
         "--naive-workers",
-        type=_positive(int),
+        type=positive(int),
         default=10,
         help="thread-pool size of the naive server",
     )
@@ -245,7 +215,7 @@ def build_parser() -> argparse.ArgumentParser:
     _common(soak)
     soak.add_argument(
         "--minutes",
-        type=_positive(float),
+        type=positive(float),
         default=5.0,
         help="measured minutes of sustained load, after the warm-up",
     )
@@ -257,13 +227,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     soak.add_argument(
         "--sample-seconds",
-        type=_positive(float),
+        type=positive(float),
         default=5.0,
         help="RSS sampling (and /metrics scrape) interval",
     )
     soak.add_argument(
         "--processes",
-        type=_positive(int),
+        type=positive(int),
         default=3,
         help="client processes, each running one mode of --modes (round robin)",
     )
@@ -275,7 +245,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     soak.add_argument(
         "--concurrency",
-        type=_positive(int),
+        type=positive(int),
         default=16,
         help="requests in flight per client process",
     )

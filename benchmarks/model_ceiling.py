@@ -18,6 +18,7 @@ compared with.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
 import sys
@@ -28,6 +29,7 @@ import numpy as np
 
 from benchmarks.stats import summarize
 from benchmarks.workload import WorkloadError, batches, held_out, model_shape
+from training.cli import Parser, int_list
 
 PROG = "python -m benchmarks.model_ceiling"
 
@@ -119,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     from service.config import Settings
 
     defaults = Settings()
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog=PROG,
         description=__doc__.splitlines()[0],
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
@@ -131,10 +133,14 @@ def main(argv: list[str] | None = None) -> int:
         help="version or base directory (the newest version)",
     )
     parser.add_argument(
-        "--batch-sizes", default="1,64,256", help="comma-separated windows per predict call"
+        "--batch-sizes",
+        type=int_list,
+        default="1,64,256",
+        help="comma-separated windows per predict call",
     )
     parser.add_argument(
         "--buckets",
+        type=functools.partial(int_list, unique_sorted=True),
         default=",".join(map(str, defaults.batch_buckets)),
         help="padding buckets, as the service's --batch-buckets",
     )
@@ -161,20 +167,19 @@ def main(argv: list[str] | None = None) -> int:
     except (ArtifactError, WorkloadError) as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 2
-    buckets = tuple(sorted({int(b) for b in args.buckets.split(",")}))
-    forecaster = Forecaster(artifacts, buckets=buckets, jit_compile=not args.no_jit)
+    forecaster = Forecaster(artifacts, buckets=args.buckets, jit_compile=not args.no_jit)
     forecaster.warm_up()
     if args.serve:
-        print(json.dumps({"device": device, "buckets": list(buckets)}), flush=True)
+        print(json.dumps({"device": device, "buckets": list(args.buckets)}), flush=True)
         for line in sys.stdin:
             figures = measure(forecaster, windows, int(line), args.warmup, args.duration)
             print(json.dumps(figures), flush=True)
         return 0
     results = {
         str(size): measure(forecaster, windows, size, args.warmup, args.duration)
-        for size in (int(s) for s in args.batch_sizes.split(","))
+        for size in args.batch_sizes
     }
-    print(json.dumps({"device": device, "buckets": list(buckets), "by_batch_size": results}))
+    print(json.dumps({"device": device, "buckets": list(args.buckets), "by_batch_size": results}))
     return 0
 
 

@@ -39,18 +39,9 @@ def calibrate(
     replay_windows: int = 3000,
     chunk: int = 4,
     seed: int = 0,
-    feature_names: list[str] | None = None,  # TEMP shim until run.py builds the typed manifest
 ) -> Calibration:
     """``raw_output`` ``[n, horizon]`` and ``last_rows`` ``[n, features]`` from the validation
     split, in time order; ``reference`` lists the features in input order."""
-    if feature_names is not None:  # TEMP shim until run.py builds the typed manifest
-        from dataclasses import asdict
-
-        refs = {
-            k: v if isinstance(v, FeatureReference) else FeatureReference(**v)
-            for k, v in reference.items()
-        }
-        return asdict(calibrate(raw_output, last_rows, reference=refs, settings=settings))  # type: ignore[return-value]
     settings = settings or DetectorSettings()
     n = len(raw_output)
     orders = _orders(n, replay_windows, seed)

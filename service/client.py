@@ -27,6 +27,7 @@ import numpy as np
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from service.api import SERVICE_NAME, pb, pb_grpc
+from training.cli import Parser
 
 PROG = "python -m service.client"
 
@@ -69,7 +70,8 @@ class ForecastClient:
             if credentials
             else grpc.insecure_channel(target, options=options)
         )
-        self._stub = pb_grpc.ForecastServiceStub(self._channel)
+        # The generated stub is untyped; its methods return the messages annotated below.
+        self._stub = pb_grpc.ForecastServiceStub(self._channel)  # type: ignore[no-untyped-call]
         self._health = health_pb2_grpc.HealthStub(self._channel)
         self._metadata = (("authorization", f"Bearer {token}"),) if token else ()
         self._timeout = timeout
@@ -77,30 +79,33 @@ class ForecastClient:
     def __enter__(self) -> ForecastClient:
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
     def close(self) -> None:
         self._channel.close()
 
     def info(self) -> pb.ModelInfo:
-        return self._stub.GetModelInfo(
+        info: pb.ModelInfo = self._stub.GetModelInfo(
             pb.GetModelInfoRequest(), metadata=self._metadata, timeout=self._timeout
         )
+        return info
 
     def forecast(self, windows: np.ndarray) -> np.ndarray:
         return forecasts_from_response(self.forecast_response(windows))
 
     def forecast_response(self, windows: np.ndarray) -> pb.ForecastResponse:
-        return self._stub.Forecast(
+        response: pb.ForecastResponse = self._stub.Forecast(
             request_from_windows(windows), metadata=self._metadata, timeout=self._timeout
         )
+        return response
 
     def health(self, service: str = "") -> str:
         response = self._health.Check(
             health_pb2.HealthCheckRequest(service=service), timeout=self._timeout
         )
-        return health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
+        status: str = health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
+        return status
 
 
 def windows_from_csv(path: Path, info: pb.ModelInfo) -> np.ndarray:
@@ -135,10 +140,6 @@ def windows_from_json(path: Path, info: pb.ModelInfo) -> np.ndarray:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    class Parser(argparse.ArgumentParser):
-        def error(self, message):  # type: ignore[override]
-            self.exit(2, f"{PROG}: error: {message}\n")
-
     parser = Parser(
         prog=PROG,
         description="Call the forecast service: model info, health, or forecasts.",

@@ -7,21 +7,23 @@ from __future__ import annotations
 
 import argparse
 import os
-from dataclasses import MISSING, dataclass, field, fields
+from collections.abc import Callable, Mapping
+from dataclasses import MISSING, Field, dataclass, field, fields
 from pathlib import Path
+from typing import Any
+
+from training.cli import Parser, int_list
 
 ENV_PREFIX = "FORECAST_"
 
 
-def _setting(default, help: str, **extra):
+def _setting(default: Any, help: str, **extra: Any) -> Any:
     return field(default=default, metadata={"help": help, **extra})
 
 
-def _int_tuple(text: str) -> tuple[int, ...]:
-    values = tuple(int(v) for v in str(text).split(",") if v.strip())
-    if not values or min(values) < 1:
-        raise ValueError(f"expected comma-separated positive integers, got {text!r}")
-    return tuple(sorted(set(values)))
+def _buckets(text: str) -> tuple[int, ...]:
+    """Batch buckets are a set: ``"8,2,2"`` -> ``(2, 8)``."""
+    return int_list(text, unique_sorted=True)
 
 
 @dataclass(frozen=True)
@@ -39,7 +41,7 @@ class Settings:
     batch_buckets: tuple[int, ...] = _setting(
         (1, 2, 4, 8, 16, 32, 64, 128),
         "batch sizes a model call is padded up to (XLA compiles one program per bucket)",
-        parse=_int_tuple,
+        parse=_buckets,
     )
     max_wait_ms: float = _setting(
         0.0,
@@ -124,9 +126,10 @@ def _parse_bool(text: str) -> bool:
     raise ValueError(f"expected true/false, got {text!r}")
 
 
-def _converter(f):
+def _converter(f: Field[Any]) -> Callable[[str], Any]:
     if "parse" in f.metadata:
-        return f.metadata["parse"]
+        parse: Callable[[str], Any] = f.metadata["parse"]
+        return parse
     kind = str(f.type)
     if kind.startswith("bool"):
         return _parse_bool
@@ -139,13 +142,8 @@ def _converter(f):
     return str
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):  # type: ignore[override]
-        self.exit(2, f"{self.prog}: error: {message}\n")
-
-
 def build_parser(prog: str = "python -m service") -> argparse.ArgumentParser:
-    parser = _Parser(
+    parser = Parser(
         prog=prog,
         description="Serve forecasts from a trained artifact version over gRPC, with dynamic "
         "micro-batching on an XLA-compiled model, health checks, reflection, TLS and auth, "
@@ -156,7 +154,7 @@ def build_parser(prog: str = "python -m service") -> argparse.ArgumentParser:
     for f in fields(Settings):
         convert = _converter(f)
 
-        def parse(text, convert=convert):
+        def parse(text: str, convert: Callable[[str], Any] = convert) -> Any:
             try:
                 return convert(text)
             except ValueError as exc:
@@ -165,32 +163,35 @@ def build_parser(prog: str = "python -m service") -> argparse.ArgumentParser:
         parse.__name__ = f.name
         default = f.default if f.default is not MISSING else None
         shown = ",".join(map(str, default)) if isinstance(default, tuple) else default
-        kwargs = {"help": f"{f.metadata['help']} [{env_name(f.name)}]", "default": shown}
-        if "choices" in f.metadata:
-            kwargs["choices"] = f.metadata["choices"]
-        parser.add_argument(_flag(f.name), type=parse, **kwargs)
+        parser.add_argument(
+            _flag(f.name),
+            type=parse,
+            default=shown,
+            choices=f.metadata.get("choices"),
+            help=f"{f.metadata['help']} [{env_name(f.name)}]",
+        )
     return parser
 
 
-def load_settings(argv: list[str] | None = None, env: dict[str, str] | None = None) -> Settings:
+def load_settings(argv: list[str] | None = None, env: Mapping[str, str] | None = None) -> Settings:
     """Flags over env vars over defaults. Raises SystemExit(2) with one line on bad input."""
-    env = os.environ if env is None else env
+    environ: Mapping[str, str] = os.environ if env is None else env
     parser = build_parser()
-    defaults = {}
+    defaults: dict[str, Any] = {}
     for f in fields(Settings):
-        raw = env.get(env_name(f.name))
+        raw = environ.get(env_name(f.name))
         if raw is None or raw == "":
             continue
         try:
             defaults[f.name] = _converter(f)(raw)
-        except ValueError as exc:
+        except (ValueError, argparse.ArgumentTypeError) as exc:
             parser.error(f"{env_name(f.name)}: {exc}")
         choices = f.metadata.get("choices")
         if choices and defaults[f.name] not in choices:
             parser.error(f"{env_name(f.name)}: {raw!r} is not one of {', '.join(choices)}")
     parser.set_defaults(**defaults)
     args = parser.parse_args(argv)
-    values = {}
+    values: dict[str, Any] = {}
     for f in fields(Settings):
         value = getattr(args, f.name)
         if isinstance(value, str) and f.name != "auth_token" and _converter(f) is not str:

@@ -26,10 +26,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import signal
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -38,10 +34,10 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
-from test_alerts import ALERTS_FILE, REPO_ROOT, PrometheusServer, metric_names
+from service_process import ServiceProcess
+from test_alerts import ALERTS_FILE, PrometheusServer, metric_names
 from test_grafana_dashboard import DASHBOARD_FILE, as_promql, expressions
 
-from service import announce
 from service.client import ForecastClient
 from training.data import chronological_split, impute, synthetic_series
 from training.faults import zero_head
@@ -69,100 +65,13 @@ FORECAST_METHODS = {"Forecast", "StreamForecast", "GetModelInfo"}
 # -------------------------------------------------------------------------------------------
 
 
-class ServiceProcess:
-    """``python -m service`` on OS-chosen gRPC and metrics ports, stderr in a log file."""
-
-    def __init__(self, name: str, artifacts: Path, workdir: Path):
-        self.name = name
-        self.artifacts = artifacts
-        self.log_path = workdir / f"service-{name}.log"
-        self._log = self.log_path.open("wb")
-        env = {k: v for k, v in os.environ.items() if not k.startswith("FORECAST_")}
-        self.process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "service",
-                "--artifacts",
-                str(artifacts),
-                "--address",
-                "127.0.0.1:0",
-                "--metrics-port",
-                "0",
-                "--metrics-address",
-                "127.0.0.1",
-                "--grace-seconds",
-                "1",
-            ],
-            cwd=REPO_ROOT,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=self._log,
-        )
-        self.grpc_port = self.metrics_port = 0
-
-    @property
-    def target(self) -> str:
-        return f"127.0.0.1:{self.grpc_port}"
-
-    @property
-    def instance(self) -> str:
-        """Prometheus's ``instance`` label of this process: its metrics address."""
-        return f"127.0.0.1:{self.metrics_port}"
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def wait_for_ports(self, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            text = self.log()
-            grpc_port, metrics_port = announce.grpc_port(text), announce.metrics_port(text)
-            if grpc_port and metrics_port:
-                self.grpc_port, self.metrics_port = grpc_port, metrics_port
-                return
-            if self.process.poll() is not None:
-                break
-            time.sleep(0.1)
-        raise AssertionError(f"service {self.name} did not start:\n{self.log()[-3000:]}")
-
-    def wait_until_serving(self, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        status = "no answer"
-        with ForecastClient(self.target, timeout=2.0) as client:
-            while time.monotonic() < deadline and self.process.poll() is None:
-                try:
-                    status = client.health()
-                except grpc.RpcError as exc:
-                    status = exc.code().name
-                if status == "SERVING":
-                    return
-                time.sleep(0.2)
-        raise AssertionError(f"service {self.name}: health {status}\n{self.log()[-3000:]}")
-
-    def terminate(self) -> None:
-        """SIGTERM: start the graceful drain (:meth:`stop` waits for it)."""
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-
-    def stop(self) -> None:
-        """SIGTERM (graceful drain), then SIGKILL if it has not exited within 15 s."""
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=15)
-        self._log.close()
-
-
 class Traffic(threading.Thread):
     """Sends ``windows`` in time order, a few per request, round and round, until stopped."""
 
-    def __init__(self, service: ServiceProcess, windows: np.ndarray, stop: threading.Event):
-        super().__init__(name=f"traffic-{service.name}", daemon=True)
+    def __init__(
+        self, name: str, service: ServiceProcess, windows: np.ndarray, stop: threading.Event
+    ):
+        super().__init__(name=f"traffic-{name}", daemon=True)
         self.service = service
         self.windows = windows
         self.stop_event = stop
@@ -231,15 +140,17 @@ def services(
             ("scaled", trained_version),
             ("healthy", trained_version),
         ):
-            running[name] = ServiceProcess(name, artifacts, workdir)
-        for service in running.values():
-            service.wait_for_ports(STARTUP_TIMEOUT_S)
+            running[name] = ServiceProcess(
+                artifacts, workdir / f"service-{name}.log", "--grace-seconds", "1", metrics=True
+            )
+        for service in running.values():  # all start at once
+            service.wait_listening(STARTUP_TIMEOUT_S)
         yield running
     finally:
         for service in running.values():  # all drain at once
             service.terminate()
         for service in running.values():
-            service.stop()
+            service.close(grace=15)
 
 
 @pytest.fixture(scope="module")
@@ -254,7 +165,7 @@ def prometheus(
         "scrape_configs": [
             {
                 "job_name": "forecast",
-                "static_configs": [{"targets": [s.instance for s in services.values()]}],
+                "static_configs": [{"targets": [s.metrics_target for s in services.values()]}],
             }
         ],
     }
@@ -277,7 +188,7 @@ def traffic(
         "healthy": validation_windows,
     }
     stop = threading.Event()
-    senders = {name: Traffic(services[name], windows[name], stop) for name in services}
+    senders = {name: Traffic(name, services[name], windows[name], stop) for name in services}
     for sender in senders.values():
         sender.start()
     try:
@@ -324,7 +235,7 @@ def diagnosis(
     for name, sender in senders.items():
         lines.append(f"traffic {name}: {sender.requests} requests, errors {sender.errors[:3]}")
     for name, service in services.items():
-        lines.append(f"--- service {name} log tail:\n{service.log()[-1500:]}")
+        lines.append(f"--- service {name} log tail:\n{service.stderr()[-1500:]}")
     return "\n".join(lines)
 
 
@@ -356,8 +267,8 @@ def test_prometheus_fires_collapse_and_drift_alerts_and_nothing_for_healthy_traf
                     key[1],
                     alert["labels"].get("feature", ""),
                 )
-        collapse = firing(alerts, "ForecastOutputCollapsed", collapsed.instance)
-        drift = firing(alerts, "ForecastInputScaleDrift", scaled.instance)
+        collapse = firing(alerts, "ForecastOutputCollapsed", collapsed.metrics_target)
+        drift = firing(alerts, "ForecastInputScaleDrift", scaled.metrics_target)
         if collapse and drift:
             break
         if time.monotonic() > deadline:
@@ -376,7 +287,7 @@ def test_prometheus_fires_collapse_and_drift_alerts_and_nothing_for_healthy_traf
 
     # Healthy traffic: nothing fired at any time, and the model-health alerts never even went
     # pending (ALERTS keeps every pending and firing alert as a series).
-    history = f'max_over_time(ALERTS{{instance="{healthy.instance}"}}[1h])'
+    history = f'max_over_time(ALERTS{{instance="{healthy.metrics_target}"}}[1h])'
     seen = [
         (s["metric"]["alertname"], s["metric"]["alertstate"])
         for s in prometheus.api("query", query=history)["result"]
@@ -386,7 +297,7 @@ def test_prometheus_fires_collapse_and_drift_alerts_and_nothing_for_healthy_traf
     assert not [
         a
         for a in prometheus.api("alerts")["alerts"]
-        if a["labels"].get("instance") == healthy.instance and a["state"] == "firing"
+        if a["labels"].get("instance") == healthy.metrics_target and a["state"] == "firing"
     ]
 
     # The fleet statistics (rate() of the monotonic counters, summed over the instances) pool a

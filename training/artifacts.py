@@ -73,10 +73,7 @@ def publish(base: Path, version: str, write: Callable[[Path], Manifest]) -> Path
         raise ArtifactError(f"{final}: version already exists")
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{version}-", dir=base))
     try:
-        written = write(tmp)
-        if isinstance(written, dict):  # TEMP shim until run.py builds the typed manifest
-            written = Manifest.from_dict({"format_version": 1, "files": {}, **written})
-        written.sealed(version, tmp).dump(tmp)
+        write(tmp).sealed(version, tmp).dump(tmp)
         for path in tmp.iterdir():
             _fsync(path)
         os.chmod(tmp, 0o755)

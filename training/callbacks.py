@@ -4,21 +4,21 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import TextIO
+from typing import Any, TextIO
 
 import keras
 import numpy as np
 import tensorflow as tf
 
 
-class GradientNorms(keras.callbacks.Callback):
+class GradientNorms(keras.callbacks.Callback):  # type: ignore[misc]  # keras is untyped
     """Record the L2 norm of each layer's loss gradient on a fixed training sample, per epoch.
 
     Epoch 0 is recorded before the first update, so the report shows where training started.
     ``history`` maps a layer name to its list of norms.
     """
 
-    def __init__(self, x: np.ndarray, y: np.ndarray, sample: int = 256):
+    def __init__(self, x: np.ndarray, y: np.ndarray, sample: int = 256) -> None:
         super().__init__()
         self._x = tf.constant(x[:sample])
         self._y = tf.constant(y[:sample])
@@ -39,27 +39,27 @@ class GradientNorms(keras.callbacks.Callback):
             norm = float(tf.linalg.global_norm(layer_grads)) if layer_grads else 0.0
             self.history.setdefault(layer.name, []).append(norm)
 
-    def on_train_begin(self, logs=None):
+    def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
         self._record()
 
-    def on_epoch_end(self, epoch, logs=None):
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         self._record()
 
 
-class EpochProgress(keras.callbacks.Callback):
+class EpochProgress(keras.callbacks.Callback):  # type: ignore[misc]  # keras is untyped
     """One line per epoch: loss, validation loss, learning rate, time, and a best marker."""
 
-    def __init__(self, epochs: int, stream: TextIO | None = None):
+    def __init__(self, epochs: int, stream: TextIO | None = None) -> None:
         super().__init__()
         self._epochs = epochs
         self._stream = stream
         self._best = float("inf")
         self._start = 0.0
 
-    def on_epoch_begin(self, epoch, logs=None):
+    def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         self._start = time.perf_counter()
 
-    def on_epoch_end(self, epoch, logs=None):
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         logs = logs or {}
         val = float(logs.get("val_loss", float("nan")))
         marker = ""

@@ -27,8 +27,9 @@ def int_list(
     """Comma-separated integers, each ``>= minimum``: ``"64,32"`` -> ``(64, 32)``.
 
     With ``unique_sorted`` the result is deduplicated and ascending (sets such as batch
-    buckets). Raises :class:`argparse.ArgumentTypeError` (a ``ValueError``) with a one-line
-    message naming the text, or ``too_small`` when a value is below ``minimum``.
+    buckets). Raises :class:`argparse.ArgumentTypeError`, whose one-line message argparse
+    prints after the flag's name: it names the text, or is ``too_small`` when a value is below
+    ``minimum``.
     """
     try:
         values = tuple(int(v) for v in str(text).split(",") if v.strip())

@@ -15,12 +15,13 @@ from __future__ import annotations
 import json
 import logging
 import os
+from typing import Any
 
 import tensorflow as tf
 
-log = logging.getLogger(__name__)
+from training.config import DISTRIBUTE_CHOICES
 
-CHOICES = ("none", "mirrored", "multiworker")
+log = logging.getLogger(__name__)
 
 
 def split_cpu(devices: int) -> None:
@@ -34,18 +35,19 @@ def split_cpu(devices: int) -> None:
 
 
 def make_strategy(kind: str) -> tf.distribute.Strategy:
+    """The strategy for ``--distribute kind``, one of :data:`DISTRIBUTE_CHOICES`."""
+    if kind not in DISTRIBUTE_CHOICES:
+        raise ValueError(f"unknown --distribute {kind!r}")
     if kind == "none":
         return tf.distribute.get_strategy()
     if kind == "mirrored":
         gpus = tf.config.list_logical_devices("GPU")
         devices = [d.name for d in gpus] or [d.name for d in tf.config.list_logical_devices("CPU")]
         strategy = tf.distribute.MirroredStrategy(devices=devices)
-    elif kind == "multiworker":
+    else:
         if "TF_CONFIG" not in os.environ:
             raise ValueError("--distribute multiworker needs the TF_CONFIG environment variable")
         strategy = tf.distribute.MultiWorkerMirroredStrategy()
-    else:
-        raise ValueError(f"unknown --distribute {kind!r}")
     log.info("distribution: %s with %d replica(s)", kind, strategy.num_replicas_in_sync)
     return strategy
 
@@ -63,15 +65,15 @@ def is_chief() -> bool:
 
 
 def fit_multiworker(
-    model,
+    model: Any,
     strategy: tf.distribute.Strategy,
-    train: tuple,
-    validation: tuple,
+    train: tuple[Any, Any],
+    validation: tuple[Any, Any],
     *,
     epochs: int,
     batch_size: int,
     seed: int,
-    callbacks: list,
+    callbacks: list[Any],
 ) -> dict[str, list[float]]:
     """Synchronous data-parallel training under MultiWorkerMirroredStrategy.
 
@@ -91,10 +93,10 @@ def fit_multiworker(
     optimizer = model.optimizer
     replicas = strategy.num_replicas_in_sync
 
-    def dataset_for(epoch: int):
+    def dataset_for(epoch: int) -> Any:
         order = np.random.default_rng(seed + epoch).permutation(len(x))
 
-        def make(context: tf.distribute.InputContext):
+        def make(context: tf.distribute.InputContext) -> tf.data.Dataset:
             per_replica = context.get_per_replica_batch_size(batch_size)
             share = len(order) // context.num_input_pipelines
             mine = order[
@@ -106,9 +108,9 @@ def fit_multiworker(
 
         return strategy.distribute_datasets_from_function(make)
 
-    @tf.function
-    def train_step(batch):
-        def step(xb, yb):
+    @tf.function  # type: ignore[untyped-decorator]
+    def train_step(batch: Any) -> Any:
+        def step(xb: tf.Tensor, yb: tf.Tensor) -> tf.Tensor:
             with tf.GradientTape() as tape:
                 pred = model(xb, training=True)
                 per_example = tf.reduce_mean(tf.square(yb - pred), axis=-1)

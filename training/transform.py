@@ -96,13 +96,6 @@ class WindowTransform:
             step_scale=tuple(float(s) for s in self.step_scale),
         )
 
-    def to_manifest(self) -> dict:  # TEMP shim until run.py builds the typed manifest
-        return {
-            "mode": self.mode,
-            "target_index": self.target_index,
-            "step_scale": list(self.to_spec().step_scale),
-        }
-
     @classmethod
     def from_spec(
         cls, scaler: StandardScaler, spec: TransformSpec, *, window: int, horizon: int

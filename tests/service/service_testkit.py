@@ -1,7 +1,9 @@
-"""Helpers shared by the service tests: real windows, certificates and a served subprocess.
+"""Helpers shared by the service tests: real windows, in-process servers, certificates and the
+client CLI.
 
 Fixtures live in ``conftest.py``; this module holds the plain functions and classes they (and
-a few tests) build on, so that test modules can import them by name.
+a few tests) build on, so that test modules can import them by name. The service as a
+subprocess is ``tests/service_process.py``, shared with the tests outside this directory.
 """
 
 from __future__ import annotations
@@ -9,28 +11,16 @@ from __future__ import annotations
 import asyncio
 import datetime
 import ipaddress
-import os
-import signal
-import subprocess
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import grpc
 import numpy as np
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from service_process import REPO_ROOT, clean_env
 
-from service import announce
-from service.config import ENV_PREFIX
 from service.server import RunningServer, create_server
 from training.data import impute, synthetic_series
 from training.transform import sliding_windows
-
-REPO_ROOT = Path(__file__).resolve().parents[2]
-
-# Lines TensorFlow's C++ runtime writes to stderr on its own; not the service's output.
-TF_NOISE_PREFIXES = ("I0000", "E0000", "W0000", "WARNING: All log messages")
 
 # Finite as float32, but scaling pushes it past float32's range: the forecast is not finite.
 EXTREME = 3e38
@@ -165,22 +155,8 @@ def make_pki(directory: Path) -> Pki:
 
 
 # -------------------------------------------------------------------------------------------
-# Subprocesses
+# The client CLI (the service itself as a subprocess: ``service_process``)
 # -------------------------------------------------------------------------------------------
-
-
-def clean_env() -> dict[str, str]:
-    """The test process's environment without any ``FORECAST_*`` setting leaking in."""
-    return {k: v for k, v in os.environ.items() if not k.startswith(ENV_PREFIX)}
-
-
-def service_lines(stderr: str) -> list[str]:
-    """Non-empty stderr lines, without TensorFlow's own C++ log lines."""
-    return [
-        line
-        for line in stderr.splitlines()
-        if line.strip() and not line.startswith(TF_NOISE_PREFIXES)
-    ]
 
 
 @dataclass(frozen=True)
@@ -204,85 +180,4 @@ async def client_cli(*args: str, env: dict[str, str] | None = None) -> CliResult
         stderr=asyncio.subprocess.PIPE,
     )
     stdout, stderr = await asyncio.wait_for(process.communicate(), 60)
-    return CliResult(process.returncode, stdout.decode(), stderr.decode())
-
-
-class ServiceProcess:
-    """``python -m service`` on an OS-chosen port, its stderr captured in a file.
-
-    The port is read from the server's "gRPC listening on ... (port N" log line, so there is
-    no probing for a free port.
-    """
-
-    def __init__(self, artifacts: Path, log_path: Path, *flags: str):
-        self.log_path = log_path
-        self._log = log_path.open("wb")
-        self.process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "service",
-                "--artifacts",
-                str(artifacts),
-                "--address",
-                "127.0.0.1:0",
-                "--metrics-port",
-                "-1",
-                *flags,
-            ],
-            cwd=REPO_ROOT,
-            env=clean_env(),
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=self._log,
-        )
-        try:
-            self.port = self._wait_for_port(timeout=120.0)
-        except BaseException:
-            self.close()
-            raise
-        self.target = f"127.0.0.1:{self.port}"
-
-    def stderr(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def _wait_for_port(self, timeout: float) -> int:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            port = announce.grpc_port(self.stderr())
-            if port:
-                return port
-            if self.process.poll() is not None:
-                raise RuntimeError(
-                    f"service exited {self.process.returncode} before listening:\n"
-                    + "\n".join(service_lines(self.stderr())[-20:])
-                )
-            time.sleep(0.05)
-        raise TimeoutError(f"service did not log its port within {timeout}s")
-
-    def wait_until_serving(self, timeout: float = 120.0) -> None:
-        deadline = time.monotonic() + timeout
-        with grpc.insecure_channel(self.target) as channel:
-            health = health_pb2_grpc.HealthStub(channel)
-            while time.monotonic() < deadline:
-                response = health.Check(health_pb2.HealthCheckRequest(service=""), timeout=5)
-                if response.status == health_pb2.HealthCheckResponse.SERVING:
-                    return
-                time.sleep(0.05)
-        raise TimeoutError(f"service did not report SERVING within {timeout}s")
-
-    def terminate(self) -> None:
-        self.process.send_signal(signal.SIGTERM)
-
-    def close(self) -> None:
-        """Make sure the process is gone (SIGKILL if it outlived its test) and the log closed."""
-        if self.process.poll() is None:
-            self.process.kill()
-            self.process.wait(timeout=30)
-        self._log.close()
-
-    def __enter__(self) -> ServiceProcess:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
+    return CliResult(await process.wait(), stdout.decode(), stderr.decode())

@@ -15,8 +15,7 @@ from pathlib import Path
 
 import grpc
 import pytest
-from service_testkit import REPO_ROOT, ServiceProcess, clean_env, service_lines
-from test_service_startup import run_service
+from service_process import REPO_ROOT, ServiceProcess, clean_env, run_service, service_lines
 
 from service.api import pb, pb_grpc
 from training.artifacts import list_versions, resolve_version_dir

@@ -19,9 +19,8 @@ import grpc
 import numpy as np
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
-from service_testkit import ServiceProcess
+from service_process import ServiceProcess
 
-from service import announce
 from service.api import pb, pb_grpc
 from service.client import forecasts_from_response, request_from_windows
 from training.predict import predict_windows
@@ -31,16 +30,6 @@ pytestmark = pytest.mark.slow
 OK = grpc.StatusCode.OK
 SOAK_SECONDS = float(os.environ.get("FORECAST_SOAK_SECONDS", "60"))
 DRAIN_CLIENTS = 64  # each keeps one 256-window request in flight
-
-
-def _metrics_port(service: ServiceProcess) -> int:
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        port = announce.metrics_port(service.stderr())
-        if port:
-            return port
-        time.sleep(0.05)
-    raise TimeoutError("no metrics port in the service log")
 
 
 def _scrape(port: int) -> dict[tuple[str, tuple], float]:
@@ -93,10 +82,6 @@ class Tally:
 
 def test_mixed_load_soak(tmp_path, trained_version, windows, offline):
     flags = (
-        "--metrics-port",
-        "0",
-        "--metrics-address",
-        "127.0.0.1",
         "--max-batch-size",
         "32",
         "--batch-buckets",
@@ -106,9 +91,9 @@ def test_mixed_load_soak(tmp_path, trained_version, windows, offline):
         "--max-windows-per-request",
         "64",
     )
-    with ServiceProcess(trained_version, tmp_path / "soak.log", *flags) as service:
+    with ServiceProcess(trained_version, tmp_path / "soak.log", *flags, metrics=True) as service:
         service.wait_until_serving()
-        metrics_port = _metrics_port(service)
+        metrics_port = service.metrics_port
         tally, samples = asyncio.run(
             _soak(service.target, metrics_port, service.process.pid, windows, offline)
         )

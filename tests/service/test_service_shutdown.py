@@ -9,7 +9,7 @@ import time
 import grpc
 import numpy as np
 import pytest
-from service_testkit import ServiceProcess
+from service_process import ServiceProcess
 
 from service.api import pb, pb_grpc
 from service.client import forecasts_from_response, request_from_windows

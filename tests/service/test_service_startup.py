@@ -9,13 +9,11 @@ import json
 import pickle
 import shutil
 import socket
-import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from service_testkit import REPO_ROOT, clean_env, service_lines
+from service_process import run_service, service_lines
 
 pytestmark = pytest.mark.slow
 
@@ -78,27 +76,6 @@ DAMAGE: dict[str, Callable[[Path], str]] = {
 }
 
 
-def run_service(artifacts: Path, address: str = "127.0.0.1:0") -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "service",
-            "--artifacts",
-            str(artifacts),
-            "--address",
-            address,
-            "--metrics-port",
-            "-1",
-        ],
-        cwd=REPO_ROOT,
-        env=clean_env(),
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-
-
 @pytest.mark.parametrize("damage", DAMAGE.values(), ids=DAMAGE.keys())
 def test_service_refuses_damaged_artifacts(trained_version, tmp_path, damage):
     version = tmp_path / "base" / trained_version.name
@@ -145,7 +122,7 @@ def test_service_refuses_address_in_use(trained_version):
         taken.listen()
         address = f"127.0.0.1:{taken.getsockname()[1]}"
 
-        result = run_service(trained_version, address)
+        result = run_service(trained_version, address=address)
 
     assert "Traceback" not in result.stderr
     assert result.returncode == 2
