@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 ARTIFACTS ?= artifacts
 
-.PHONY: install run train serve demo bench soak test lint format proto image image-cpu \
+.PHONY: install run train serve demo bench soak test lint typecheck format proto image image-cpu \
 	container-test prometheus-rule clean
 
 $(STAMP): pyproject.toml
@@ -31,12 +31,22 @@ run: install ## train the default model if no version is published yet, then ser
 serve: install ## serve the newest version in $(ARTIFACTS) (no training)
 	$(BIN)/python -m service --artifacts $(ARTIFACTS)
 
-test: install ## lint, then the whole test suite
+test: install ## lint, format check and type check, then the whole test suite
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(MAKE) --no-print-directory typecheck
 	$(BIN)/python -m pytest
 
 lint: install
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+# mypy runs once for the packages (strict), then once per test directory: test modules are
+# imported by base name and each directory has its own conftest.
+typecheck: install ## mypy: strict on training, service and monitoring; tests checked as well
+	$(BIN)/mypy
+	$(BIN)/mypy tests/service
+	$(BIN)/mypy $(wildcard tests/*.py)
 
 format: install
 	$(BIN)/ruff format .

@@ -80,10 +80,12 @@ class CeilingProcess:
             text=True,
             preexec_fn=(lambda: os.sched_setaffinity(0, cpus)) if cpus else None,
         )
+        assert self.process.stdin is not None and self.process.stdout is not None  # PIPEs
+        self._stdin, self._stdout = self.process.stdin, self.process.stdout
         self.info: dict = {}
 
     def _reply(self) -> dict:
-        line = self.process.stdout.readline()
+        line = self._stdout.readline()
         if not line:
             self.process.wait(timeout=30)
             tail = "\n".join(self.log_path.read_text(errors="replace").splitlines()[-10:])
@@ -96,13 +98,13 @@ class CeilingProcess:
         return self.info
 
     def measure(self, batch_size: int) -> dict:
-        self.process.stdin.write(f"{batch_size}\n")
-        self.process.stdin.flush()
+        self._stdin.write(f"{batch_size}\n")
+        self._stdin.flush()
         return self._reply()
 
     def close(self) -> None:
         if self.process.poll() is None:
-            self.process.stdin.close()
+            self._stdin.close()
             try:
                 self.process.wait(timeout=30)
             except Exception:  # noqa: BLE001 - it must not outlive the bench

@@ -6,7 +6,8 @@ detectors' metrics come from :class:`monitoring.monitor.PredictionMonitor`, a cu
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
@@ -22,7 +23,6 @@ KNOWN_CODES = (
     "UNAUTHENTICATED",
     "INTERNAL",
 )
-KNOWN_METHODS = ("Forecast", "StreamForecast", "GetModelInfo")
 LATENCY_BUCKETS = (
     0.0005,
     0.001,
@@ -47,9 +47,13 @@ class ServingMetrics:
         self,
         registry: CollectorRegistry,
         *,
+        methods: Iterable[str],
         model_labels: dict[str, str],
         queue_depth: Callable[[], float] | None = None,
-    ):
+    ) -> None:
+        """``methods``: the RPC names whose request series exist from start-up, one per known
+        status code (the service passes its forecast RPCs; monitoring knows no RPC names).
+        ``queue_depth`` is read at scrape time."""
         self.requests = Counter(
             "forecast_requests",
             "Finished RPCs by method and gRPC status code.",
@@ -63,7 +67,7 @@ class ServingMetrics:
             buckets=LATENCY_BUCKETS,
             registry=registry,
         )
-        for method in KNOWN_METHODS:
+        for method in methods:
             self.duration.labels(method)
             for code in KNOWN_CODES:
                 self.requests.labels(method, code)
@@ -98,7 +102,9 @@ class ServingMetrics:
         self.windows.inc(windows)
 
 
-def start_metrics_server(registry: CollectorRegistry, address: str, port: int):
+def start_metrics_server(
+    registry: CollectorRegistry, address: str, port: int
+) -> tuple[WSGIServer, int]:
     """Serve ``/metrics`` in a background thread. Returns (server, bound port)."""
     server, _thread = start_http_server(port, addr=address, registry=registry)
     return server, server.server_port

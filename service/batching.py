@@ -6,7 +6,7 @@ thread so the event loop keeps accepting RPCs, and hands each request its slice.
 is busy, new requests pile up and form the next batch, so batches grow with load without any
 fixed delay at low load.
 
-The queue is bounded in windows: past ``max_queue_windows`` a request is refused with
+The queue (:class:`WindowQueue`) is bounded in windows: past its limit a request is refused with
 :class:`Overloaded` at once instead of waiting without bound. A request that is cancelled or past
 its deadline while still queued is dropped before the model sees it.
 """
@@ -34,46 +34,93 @@ log = logging.getLogger(__name__)
 BatchObserver = Callable[[BatchResult], None]
 
 
+@dataclass(frozen=True)
+class IdleHook:
+    """Runs on the monitoring thread once traffic has paused for ``seconds``, and once at close
+    after the last batch (observers that buffer batches apply what they hold)."""
+
+    call: Callable[[], None]
+    seconds: float
+
+
 @dataclass(eq=False)
 class _Item:
     windows: np.ndarray
-    future: asyncio.Future
+    future: asyncio.Future[np.ndarray]
     deadline: float | None  # event-loop time
     first_index: int = 0  # index of this chunk's first window in its request
+
+
+class WindowQueue:
+    """Windows waiting for the model, bounded in windows: a request that would take the queue
+    past ``max_windows`` is refused with :class:`Overloaded`."""
+
+    def __init__(self, max_windows: int) -> None:
+        self.max_windows = max_windows
+        self._items: deque[_Item] = deque()
+        self._depth = 0
+
+    @property
+    def depth(self) -> int:
+        """Windows waiting (not counting the batch being computed)."""
+        return self._depth
+
+    def put(self, items: list[_Item], windows: int) -> None:
+        """Queue the chunks of one request of ``windows`` windows, or refuse them all."""
+        if self._depth + windows > self.max_windows:
+            raise Overloaded(
+                f"server overloaded: {self._depth} windows queued, limit {self.max_windows}; "
+                "retry with backoff"
+            )
+        self._items.extend(items)
+        self._depth += windows
+
+    def take(self, max_windows: int, now: float) -> list[_Item]:
+        """The next items that fit in ``max_windows``, skipping cancelled and expired ones."""
+        batch: list[_Item] = []
+        size = 0
+        while self._items and size + len(self._items[0].windows) <= max_windows:
+            item = self._items.popleft()
+            self._depth -= len(item.windows)
+            if item.future.done():  # cancelled by the client while queued: costs no model time
+                continue
+            if item.deadline is not None and now >= item.deadline:
+                item.future.cancel()
+                continue
+            batch.append(item)
+            size += len(item.windows)
+        return batch
 
 
 class MicroBatcher:
     def __init__(
         self,
         predict: Callable[[np.ndarray], BatchResult],
+        queue: WindowQueue,
         *,
         max_batch_size: int,
-        max_queue_windows: int,
         max_wait_s: float = 0.0,
         observers: tuple[BatchObserver, ...] = (),
-        on_idle: Callable[[], None] | None = None,
-    ):
-        """``observers`` run on every model batch, on the monitoring thread. ``on_idle`` runs
-        there too, once traffic has paused for ``_ObserverThread.IDLE_SECONDS`` and once at
-        close, after the last batch (observers that buffer batches apply what they hold)."""
+        on_idle: IdleHook | None = None,
+    ) -> None:
+        """``observers`` run on every model batch, on the monitoring thread; ``on_idle`` runs
+        there too (see :class:`IdleHook`)."""
         self._predict = predict
+        self._queue = queue
         self._max_batch = max_batch_size
-        self._max_queue = max_queue_windows
         self._max_wait = max_wait_s
         self._observer_thread = _ObserverThread(observers, on_idle) if observers else None
-        self._pending: deque[_Item] = deque()
-        self._depth = 0
         self._wakeup = asyncio.Event()
         self._model_thread = ThreadPoolExecutor(
             1, thread_name_prefix="model", initializer=name_os_thread, initargs=(MODEL_THREAD,)
         )
-        self._worker: asyncio.Task | None = None
+        self._worker: asyncio.Task[None] | None = None
         self._closed = False
 
     @property
     def queue_depth(self) -> int:
         """Windows waiting for the model (not counting the batch being computed)."""
-        return self._depth
+        return self._queue.depth
 
     def start(self) -> None:
         if self._observer_thread is not None:
@@ -96,18 +143,12 @@ class MicroBatcher:
         if self._closed:
             raise ModelNotReady("server is shutting down")
         n = len(windows)
-        if self._depth + n > self._max_queue:
-            raise Overloaded(
-                f"server overloaded: {self._depth} windows queued, limit {self._max_queue}; "
-                "retry with backoff"
-            )
         loop = asyncio.get_running_loop()
         items = [
             _Item(windows[lo : lo + self._max_batch], loop.create_future(), deadline, lo)
             for lo in range(0, n, self._max_batch)
         ]
-        self._pending.extend(items)
-        self._depth += n
+        self._queue.put(items, n)
         self._wakeup.set()
         if len(items) == 1:
             return await items[0].future
@@ -117,15 +158,15 @@ class MicroBatcher:
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
-            if not self._pending:
+            if not self._queue.depth:
                 if self._closed:
                     return
                 self._wakeup.clear()
                 await self._wakeup.wait()
                 continue
-            if self._max_wait > 0 and self._depth < self._max_batch:
+            if self._max_wait > 0 and self._queue.depth < self._max_batch:
                 await asyncio.sleep(self._max_wait)
-            batch = self._take(loop.time())
+            batch = self._queue.take(self._max_batch, loop.time())
             if not batch:
                 continue
             windows = np.concatenate([item.windows for item in batch])
@@ -140,21 +181,6 @@ class MicroBatcher:
             self._deliver(batch, result)
             if self._observer_thread is not None:
                 self._observer_thread.put(result)
-
-    def _take(self, now: float) -> list[_Item]:
-        batch: list[_Item] = []
-        size = 0
-        while self._pending and size + len(self._pending[0].windows) <= self._max_batch:
-            item = self._pending.popleft()
-            self._depth -= len(item.windows)
-            if item.future.done():  # cancelled by the client while queued: costs no model time
-                continue
-            if item.deadline is not None and now >= item.deadline:
-                item.future.cancel()
-                continue
-            batch.append(item)
-            size += len(item.windows)
-        return batch
 
     @staticmethod
     def _deliver(batch: list[_Item], result: BatchResult) -> None:
@@ -185,11 +211,8 @@ class _ObserverThread:
     kernel time than the observers themselves)."""
 
     COALESCE_SECONDS = 0.01
-    # The service's monitor also applies its buffer once its oldest batch is 0.1 s old
-    # (PredictionMonitor's max_delay); a pause of the same length applies it without one.
-    IDLE_SECONDS = 0.1
 
-    def __init__(self, observers: tuple[BatchObserver, ...], on_idle: Callable[[], None] | None):
+    def __init__(self, observers: tuple[BatchObserver, ...], on_idle: IdleHook | None) -> None:
         self._observers = observers
         self._on_idle = on_idle
         self._queue: queue.SimpleQueue[BatchResult | None] = queue.SimpleQueue()
@@ -216,16 +239,17 @@ class _ObserverThread:
             raise
 
     def _observe_until_closed(self) -> None:
+        idle = self._on_idle
         busy = False  # batches observed since the last idle call
         while True:
             try:
-                result = self._queue.get(timeout=self.IDLE_SECONDS if busy else None)
+                result = self._queue.get(timeout=idle.seconds if busy and idle else None)
             except queue.Empty:
                 busy = False
-                self._guarded(self._on_idle)
+                self._idle()
                 continue
             while result is not None:
-                busy = self._on_idle is not None
+                busy = idle is not None
                 for observer in self._observers:
                     self._guarded(observer, result)
                 try:
@@ -233,14 +257,16 @@ class _ObserverThread:
                 except queue.Empty:
                     break
             if result is None:
-                self._guarded(self._on_idle)
+                self._idle()
                 return
             time.sleep(self.COALESCE_SECONDS)
 
+    def _idle(self) -> None:
+        if self._on_idle is not None:
+            self._guarded(self._on_idle.call)
+
     @staticmethod
-    def _guarded(call: Callable | None, *args) -> None:
-        if call is None:
-            return
+    def _guarded(call: Callable[..., object], *args: object) -> None:
         try:
             call(*args)
         except Exception:  # noqa: BLE001 - monitoring must never take serving down

@@ -108,7 +108,7 @@ class ServiceProcess:
         self._log.close()
 
 
-def _print_metrics(title: str, values: dict[tuple[str, str], float], features: list[str]):
+def _print_metrics(title: str, values: dict[tuple[str, str], float], features: list[str]) -> None:
     print(f"\n== {title}")
     for name in KEY_METRICS:
         if (name, "") in values:
@@ -125,7 +125,7 @@ def _phase(
     features: list[str],
     distort: Callable[[np.ndarray], np.ndarray] | None = None,
     batch: int = 16,
-) -> dict:
+) -> dict[tuple[str, str], float]:
     print(f"\n-- {title}: starting the service on {artifacts} ...", flush=True)
     service = ServiceProcess(artifacts)
     try:

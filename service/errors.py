@@ -13,7 +13,8 @@ import asyncio
 import inspect
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 import grpc
 
@@ -53,13 +54,15 @@ class _Undecodable:
 UNDECODABLE = _Undecodable()
 
 
-def _lenient(deserializer):
+def _lenient(
+    deserializer: Callable[[bytes], Any] | None,
+) -> Callable[[bytes], Any] | None:
     """gRPC turns a deserializer exception into UNKNOWN with the exception text; parse here
     instead and let the wrapped handler answer INVALID_ARGUMENT."""
     if deserializer is None:
         return None
 
-    def parse(data: bytes):
+    def parse(data: bytes) -> Any:
         try:
             return deserializer(data)
         except Exception:  # noqa: BLE001 - any parse failure is the client's bad bytes
@@ -68,7 +71,7 @@ def _lenient(deserializer):
     return parse
 
 
-async def _checked(request_iterator):
+async def _checked(request_iterator: AsyncIterator[Any]) -> AsyncIterator[Any]:
     async for request in request_iterator:
         if request is UNDECODABLE:
             raise InvalidRequest(UNDECODABLE_MESSAGE)
@@ -82,13 +85,17 @@ def _short_method(full: str) -> str:
     return full.rsplit("/", 1)[-1] or full
 
 
-class StatusInterceptor(grpc.aio.ServerInterceptor):
+class StatusInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
     """Maps exceptions to status codes and records the outcome of every RPC."""
 
-    def __init__(self, record: Recorder | None = None):
+    def __init__(self, record: Recorder | None = None) -> None:
         self._record = record or (lambda method, code, seconds: None)
 
-    async def intercept_service(self, continuation, handler_call_details):
+    async def intercept_service(
+        self,
+        continuation: Callable[[Any], Any],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> Any:
         handler = await continuation(handler_call_details)
         if handler is None:
             return None
@@ -111,8 +118,8 @@ class StatusInterceptor(grpc.aio.ServerInterceptor):
             )
         return handler
 
-    def _wrap_unary(self, behavior, method: str):
-        async def wrapper(request, context):
+    def _wrap_unary(self, behavior: Callable[..., Any], method: str) -> Callable[..., Any]:
+        async def wrapper(request: Any, context: grpc.aio.ServicerContext) -> Any:
             started = time.perf_counter()
             code = grpc.StatusCode.OK
             try:
@@ -129,8 +136,12 @@ class StatusInterceptor(grpc.aio.ServerInterceptor):
 
         return wrapper
 
-    def _wrap_stream(self, behavior, method: str, *, streaming_request: bool):
-        async def wrapper(request_or_iterator, context):
+    def _wrap_stream(
+        self, behavior: Callable[..., Any], method: str, *, streaming_request: bool
+    ) -> Callable[..., AsyncIterator[Any]]:
+        async def wrapper(
+            request_or_iterator: Any, context: grpc.aio.ServicerContext
+        ) -> AsyncIterator[Any]:
             started = time.perf_counter()
             code = grpc.StatusCode.OK
             try:
@@ -155,7 +166,9 @@ class StatusInterceptor(grpc.aio.ServerInterceptor):
         return wrapper
 
 
-def _classify(exc: BaseException, context, method: str) -> tuple[grpc.StatusCode, str | None]:
+def _classify(
+    exc: BaseException, context: grpc.aio.ServicerContext, method: str
+) -> tuple[grpc.StatusCode, str | None]:
     """(status code, client message); message None means re-raise unchanged."""
     if isinstance(exc, ForecastError):
         return exc.code, str(exc)

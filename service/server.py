@@ -1,4 +1,10 @@
-"""Assemble and run the gRPC server: servicers, interceptors, health, reflection, TLS, shutdown."""
+"""Assemble and run the gRPC server: servicers, interceptors, health, reflection, TLS, shutdown.
+
+:func:`create_server` builds the parts in dependency order, each complete when built: the health
+statuses, the window queue, the metrics (reading the queue's depth), the monitor (reporting
+collapse changes to the health statuses), the batcher (feeding the metrics and the monitor),
+then the gRPC server around them.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +12,7 @@ import asyncio
 import logging
 import signal
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,9 +24,9 @@ from prometheus_client import CollectorRegistry
 from monitoring.metrics import ServingMetrics, start_metrics_server
 from monitoring.monitor import PredictionMonitor
 from service.announce import GRPC_LISTENING, METRICS_LISTENING
-from service.api import SERVICE_NAME, pb, pb_grpc
+from service.api import FORECAST_METHODS, SERVICE_NAME, pb_grpc
 from service.auth import BearerTokenInterceptor
-from service.batching import BatchObserver, MicroBatcher
+from service.batching import BatchObserver, IdleHook, MicroBatcher, WindowQueue
 from service.config import Settings
 from service.errors import Recorder, StatusInterceptor
 from service.forecaster import BatchResult, Forecaster
@@ -31,17 +38,23 @@ log = logging.getLogger(__name__)
 HEALTH_SERVICES = ("", SERVICE_NAME)
 
 
-@dataclass
-class RunningServer:
-    server: grpc.aio.Server
-    port: int
-    health: health.aio.HealthServicer
-    batcher: MicroBatcher
-    forecaster: Forecaster
-    monitor: PredictionMonitor | None = None
-    collapse_unready: bool = False
-    draining: bool = False
-    stop_warm_up: threading.Event = field(default_factory=threading.Event)
+class ServingHealth:
+    """What gRPC health reports: NOT_SERVING until warm-up, SERVING after it, NOT_SERVING from
+    the start of a drain.
+
+    With ``--on-collapse unready`` the forecast service's status also follows the collapse
+    detector (:meth:`on_collapse_change` is the monitor's callback). Only
+    ``forecast.v1.ForecastService`` changes; the server-wide ``""`` status stays SERVING, so a
+    readiness probe on the service name takes the replica out of rotation while a liveness
+    probe on ``""`` does not restart it.
+    """
+
+    def __init__(self, *, collapse_unready: bool) -> None:
+        self.servicer = health.aio.HealthServicer()
+        self.collapse_unready = collapse_unready
+        self.collapsed = False  # the collapse detector's state, as last reported
+        self.draining = False
+        self._loop = asyncio.get_running_loop()
 
     async def set_serving(self, serving: bool, services: tuple[str, ...] = HEALTH_SERVICES) -> None:
         status = (
@@ -50,56 +63,65 @@ class RunningServer:
             else health_pb2.HealthCheckResponse.NOT_SERVING
         )
         for name in services:
-            await self.health.set(name, status)
+            await self.servicer.set(name, status)
+
+    async def warmed_up(self) -> None:
+        """SERVING, except the forecast service while collapsed (with ``unready``)."""
+        if self.draining:
+            return
+        await self.set_serving(True, ("",))
+        await self.set_serving(not (self.collapse_unready and self.collapsed), (SERVICE_NAME,))
+
+    def on_collapse_change(self, collapsed: bool) -> None:
+        """Called on the monitoring thread, in the order of the transitions; the health
+        update runs on the event loop."""
+        if self.collapse_unready:
+            self.collapsed = collapsed
+            self._loop.call_soon_threadsafe(self._schedule_collapse_status, collapsed)
+
+    def _schedule_collapse_status(self, collapsed: bool) -> None:
+        self._loop.create_task(self._follow_collapse(collapsed))
+
+    async def _follow_collapse(self, collapsed: bool) -> None:
+        if self.draining:
+            return
+        log.warning(
+            "output %s: %s health -> %s",
+            "collapsed" if collapsed else "recovered",
+            SERVICE_NAME,
+            "NOT_SERVING" if collapsed else "SERVING",
+        )
+        await self.set_serving(not collapsed, (SERVICE_NAME,))
+
+
+@dataclass
+class RunningServer:
+    server: grpc.aio.Server
+    port: int
+    status: ServingHealth
+    batcher: MicroBatcher
+    forecaster: Forecaster
+    monitor: PredictionMonitor | None = None
+    stop_warm_up: threading.Event = field(default_factory=threading.Event)
+
+    @property
+    def health(self) -> health.aio.HealthServicer:
+        return self.status.servicer
 
     async def warm_up(self) -> None:
         """Compile every batch bucket off the event loop, then report SERVING."""
         await asyncio.get_running_loop().run_in_executor(
             None, self.forecaster.warm_up, self.stop_warm_up
         )
-        if self.draining:
-            return
-        await self.set_serving(True, ("",))
-        await self.set_serving(not self._collapsed(), (SERVICE_NAME,))
-
-    def _collapsed(self) -> bool:
-        monitor = self.monitor
-        return self.collapse_unready and monitor is not None and monitor.collapse.collapsed
-
-    async def on_collapse_change(self, collapsed: bool) -> None:
-        """With ``--on-collapse unready``: the service's health is NOT_SERVING while collapsed.
-
-        Only ``forecast.v1.ForecastService`` changes; the server-wide ``""`` status stays
-        SERVING, so a readiness probe on the service name takes the replica out of rotation
-        while a liveness probe on ``""`` does not restart it.
-        """
-        if self.collapse_unready and not self.draining:
-            log.warning(
-                "output %s: %s health -> %s",
-                "collapsed" if collapsed else "recovered",
-                SERVICE_NAME,
-                "NOT_SERVING" if collapsed else "SERVING",
-            )
-            await self.set_serving(not collapsed, (SERVICE_NAME,))
+        await self.status.warmed_up()
 
     async def shutdown(self, grace: float) -> None:
         """NOT_SERVING, stop taking RPCs, let in-flight ones finish within ``grace``, stop."""
-        self.draining = True
+        self.status.draining = True
         self.stop_warm_up.set()
-        await self.health.enter_graceful_shutdown()
+        await self.status.servicer.enter_graceful_shutdown()
         await self.server.stop(grace)
         await self.batcher.close()
-
-
-def _credentials(settings: Settings) -> grpc.ServerCredentials | None:
-    if settings.tls_cert is None:
-        return None
-    key = Path(settings.tls_key).read_bytes()
-    cert = Path(settings.tls_cert).read_bytes()
-    client_ca = Path(settings.tls_client_ca).read_bytes() if settings.tls_client_ca else None
-    return grpc.ssl_server_credentials(
-        [(key, cert)], root_certificates=client_ca, require_client_auth=client_ca is not None
-    )
 
 
 async def create_server(
@@ -108,122 +130,44 @@ async def create_server(
     *,
     device: str = "CPU",
     observers: tuple[BatchObserver, ...] = (),
-    record: Recorder | None = None,
     registry: CollectorRegistry | None = None,
 ) -> RunningServer:
-    """Build, bind and start the server (health NOT_SERVING until :meth:`warm_up`).
+    """Build, bind and start the server (health NOT_SERVING until :meth:`RunningServer.warm_up`).
 
     Bind ``address`` with port 0 to let the OS pick a free port; the chosen port is returned.
     With a ``registry``, serving metrics (and, unless ``settings.monitoring`` is off, the
-    collapse and drift detectors) are registered on it.
+    collapse and drift detectors) are registered on it. ``observers`` also see every batch.
     """
     forecaster = Forecaster(
         artifacts, buckets=settings.batch_buckets, jit_compile=settings.jit_compile
     )
-    loop = asyncio.get_running_loop()
-    holder: list[RunningServer] = []
-    metrics = monitor = None
-    if registry is not None:
-        metrics = ServingMetrics(registry, model_labels=_model_labels(artifacts, device))
-        observers = (*observers, lambda result: metrics.record_batch(len(result.forecasts)))
-        record = _chain_recorders(record, metrics)
-        if settings.monitoring:
-            monitor = _prediction_monitor(
-                artifacts,
-                lambda collapsed: loop.call_soon_threadsafe(
-                    lambda: holder and loop.create_task(holder[0].on_collapse_change(collapsed))
-                ),
-            )
-        if monitor is not None:
-            registry.register(monitor)
-            observers = (*observers, _monitor_observer(monitor))
+    status = ServingHealth(collapse_unready=settings.on_collapse == "unready")
+    queue = WindowQueue(settings.max_queue_windows)
+    metrics = _serving_metrics(registry, artifacts, device, queue)
+    monitor = _prediction_monitor(settings, artifacts, registry, status.on_collapse_change)
     batcher = MicroBatcher(
         forecaster.predict,
+        queue,
         max_batch_size=settings.max_batch_size,
-        max_queue_windows=settings.max_queue_windows,
         max_wait_s=settings.max_wait_ms / 1000.0,
-        observers=observers,
-        on_idle=monitor.flush if monitor is not None else None,
+        observers=(*observers, *_batch_observers(metrics, monitor)),
+        on_idle=IdleHook(monitor.flush, monitor.max_delay) if monitor is not None else None,
     )
-    if metrics is not None:
-        metrics.queue_depth.set_function(lambda: batcher.queue_depth)
-    interceptors: list[grpc.aio.ServerInterceptor] = [StatusInterceptor(record)]
-    if settings.auth_token:
-        interceptors.append(BearerTokenInterceptor(settings.auth_token))
-    server = grpc.aio.server(
-        interceptors=interceptors,
-        options=[
-            ("grpc.max_receive_message_length", settings.max_message_bytes),
-            ("grpc.max_send_message_length", settings.max_message_bytes),
-            ("grpc.so_reuseport", 0),
-        ],
-        maximum_concurrent_rpcs=settings.max_concurrent_rpcs or None,
-    )
-    info = model_info(
-        forecaster, max_windows_per_request=settings.max_windows_per_request, device=device
-    )
-    pb_grpc.add_ForecastServiceServicer_to_server(
-        ForecastServicer(
-            forecaster,
-            batcher,
-            max_windows_per_request=settings.max_windows_per_request,
-            model_info=info,
-        ),
-        server,
-    )
-    health_servicer = health.aio.HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection(
-        (
-            SERVICE_NAME,
-            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-            reflection.SERVICE_NAME,
-        ),
-        server,
-    )
-    credentials = _credentials(settings)
-    try:
-        if credentials is None:
-            port = server.add_insecure_port(settings.address)
-        else:
-            port = server.add_secure_port(settings.address, credentials)
-    except RuntimeError:  # grpcio raises this when the address is taken
-        port = 0
-    if port == 0:
-        raise OSError(f"cannot bind gRPC address {settings.address} (in use or not permitted)")
-    running = RunningServer(
-        server,
-        port,
-        health_servicer,
-        batcher,
-        forecaster,
-        monitor=monitor,
-        collapse_unready=settings.on_collapse == "unready",
-    )
-    holder.append(running)
-    await running.set_serving(False)
+    server = _grpc_server(settings, _rpc_recorder(metrics) if metrics is not None else None)
+    _add_services(server, settings, forecaster, batcher, status.servicer, device)
+    port, security = _bind(server, settings)
+    running = RunningServer(server, port, status, batcher, forecaster, monitor)
+    await status.set_serving(False)
     await server.start()
     batcher.start()
-    security = "TLS" if credentials else "plaintext"
-    if settings.tls_client_ca:
-        security += ", mTLS"
     log.info(GRPC_LISTENING + ", model %s", settings.address, port, security, artifacts.version)
     return running
 
 
-async def serve(
-    settings: Settings,
-    artifacts: Artifacts,
-    *,
-    device: str,
-    observers: tuple[BatchObserver, ...] = (),
-    record: Recorder | None = None,
-) -> int:
+async def serve(settings: Settings, artifacts: Artifacts, *, device: str) -> int:
     """Run until SIGTERM/SIGINT, then drain within the grace period. Returns the exit code."""
     registry = CollectorRegistry()
-    running = await create_server(
-        settings, artifacts, device=device, observers=observers, record=record, registry=registry
-    )
+    running = await create_server(settings, artifacts, device=device, registry=registry)
     metrics_server = None
     if settings.metrics_port >= 0:
         metrics_server, metrics_port = start_metrics_server(
@@ -245,6 +189,24 @@ async def serve(
     return 0
 
 
+# -------------------------------------------------------------------------------------------
+# Parts of create_server, in the order it builds them
+# -------------------------------------------------------------------------------------------
+
+
+def _serving_metrics(
+    registry: CollectorRegistry | None, artifacts: Artifacts, device: str, queue: WindowQueue
+) -> ServingMetrics | None:
+    if registry is None:
+        return None
+    return ServingMetrics(
+        registry,
+        methods=FORECAST_METHODS,
+        model_labels=_model_labels(artifacts, device),
+        queue_depth=lambda: queue.depth,
+    )
+
+
 def _model_labels(artifacts: Artifacts, device: str) -> dict[str, str]:
     return {
         "version": artifacts.version,
@@ -256,23 +218,16 @@ def _model_labels(artifacts: Artifacts, device: str) -> dict[str, str]:
     }
 
 
-FORECAST_METHODS = frozenset(pb.DESCRIPTOR.services_by_name["ForecastService"].methods_by_name)
-
-
-def _chain_recorders(record: Recorder | None, metrics: ServingMetrics) -> Recorder:
-    """Forecast RPCs go into the request metrics; health and reflection calls do not (probes
-    would otherwise dilute error rates and satisfy traffic guards)."""
-
-    def chained(method: str, code: grpc.StatusCode, seconds: float) -> None:
-        if method in FORECAST_METHODS:
-            metrics.record_rpc(method, code.name, seconds)
-        if record is not None:
-            record(method, code, seconds)
-
-    return chained
-
-
-def _prediction_monitor(artifacts: Artifacts, on_change) -> PredictionMonitor | None:
+def _prediction_monitor(
+    settings: Settings,
+    artifacts: Artifacts,
+    registry: CollectorRegistry | None,
+    on_collapse_change: Callable[[bool], None],
+) -> PredictionMonitor | None:
+    """The collapse and drift detectors, registered on ``registry``; None without a registry,
+    with monitoring off, or when the manifest has not calibrated them."""
+    if registry is None or not settings.monitoring:
+        return None
     spec = artifacts.manifest.monitor_spec()
     if spec is None:
         log.warning(
@@ -280,11 +235,106 @@ def _prediction_monitor(artifacts: Artifacts, on_change) -> PredictionMonitor | 
             "(retrain to calibrate them)"
         )
         return None
-    return PredictionMonitor(spec, on_collapse_change=on_change)
+    monitor = PredictionMonitor(spec, on_collapse_change=on_collapse_change)
+    registry.register(monitor)
+    return monitor
 
 
-def _monitor_observer(monitor: PredictionMonitor) -> BatchObserver:
-    def observe(result: BatchResult) -> None:
-        monitor.observe(result.inputs[:, -1, :], result.raw_output, result.forecasts)
+def _batch_observers(
+    metrics: ServingMetrics | None, monitor: PredictionMonitor | None
+) -> tuple[BatchObserver, ...]:
+    observers: list[BatchObserver] = []
+    if metrics is not None:
+        observers.append(lambda result: metrics.record_batch(len(result.forecasts)))
+    if monitor is not None:
 
-    return observe
+        def observe(result: BatchResult) -> None:
+            monitor.observe(result.inputs[:, -1, :], result.raw_output, result.forecasts)
+
+        observers.append(observe)
+    return tuple(observers)
+
+
+def _rpc_recorder(metrics: ServingMetrics) -> Recorder:
+    """Forecast RPCs go into the request metrics; health and reflection calls do not (probes
+    would otherwise dilute error rates and satisfy traffic guards)."""
+
+    def record(method: str, code: grpc.StatusCode, seconds: float) -> None:
+        if method in FORECAST_METHODS:
+            metrics.record_rpc(method, code.name, seconds)
+
+    return record
+
+
+def _grpc_server(settings: Settings, record: Recorder | None) -> grpc.aio.Server:
+    interceptors: list[grpc.aio.ServerInterceptor] = [StatusInterceptor(record)]
+    if settings.auth_token:
+        interceptors.append(BearerTokenInterceptor(settings.auth_token))
+    return grpc.aio.server(
+        interceptors=interceptors,
+        options=[
+            ("grpc.max_receive_message_length", settings.max_message_bytes),
+            ("grpc.max_send_message_length", settings.max_message_bytes),
+            ("grpc.so_reuseport", 0),
+        ],
+        maximum_concurrent_rpcs=settings.max_concurrent_rpcs or None,
+    )
+
+
+def _add_services(
+    server: grpc.aio.Server,
+    settings: Settings,
+    forecaster: Forecaster,
+    batcher: MicroBatcher,
+    health_servicer: health.aio.HealthServicer,
+    device: str,
+) -> None:
+    """The forecast service, gRPC health and reflection."""
+    info = model_info(
+        forecaster, max_windows_per_request=settings.max_windows_per_request, device=device
+    )
+    servicer = ForecastServicer(
+        forecaster,
+        batcher,
+        max_windows_per_request=settings.max_windows_per_request,
+        model_info=info,
+    )
+    pb_grpc.add_ForecastServiceServicer_to_server(servicer, server)  # type: ignore[no-untyped-call]
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        (
+            SERVICE_NAME,
+            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+            reflection.SERVICE_NAME,
+        ),
+        server,
+    )
+
+
+def _bind(server: grpc.aio.Server, settings: Settings) -> tuple[int, str]:
+    """Bind ``settings.address``: the bound port, and the security it uses for the log line."""
+    credentials = _credentials(settings)
+    try:
+        if credentials is None:
+            port = server.add_insecure_port(settings.address)
+        else:
+            port = server.add_secure_port(settings.address, credentials)
+    except RuntimeError:  # grpcio raises this when the address is taken
+        port = 0
+    if port == 0:
+        raise OSError(f"cannot bind gRPC address {settings.address} (in use or not permitted)")
+    security = "TLS" if credentials else "plaintext"
+    if settings.tls_client_ca:
+        security += ", mTLS"
+    return port, security
+
+
+def _credentials(settings: Settings) -> grpc.ServerCredentials | None:
+    if settings.tls_cert is None or settings.tls_key is None:
+        return None
+    key = Path(settings.tls_key).read_bytes()
+    cert = Path(settings.tls_cert).read_bytes()
+    client_ca = Path(settings.tls_client_ca).read_bytes() if settings.tls_client_ca else None
+    return grpc.ssl_server_credentials(
+        [(key, cert)], root_certificates=client_ca, require_client_auth=client_ca is not None
+    )

@@ -26,6 +26,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 
 from monitoring.metrics import ServingMetrics
 from monitoring.monitor import MonitorSpec, PredictionMonitor
+from service.api import FORECAST_METHODS
 from training.manifest import Manifest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -47,7 +48,7 @@ def exported_series(manifest: Manifest) -> dict[str, set[str]]:
     """Series names the service exports -> their label names, from the service's own metric
     classes on a fresh registry (the names Prometheus stores: ``_total``, ``_bucket``...)."""
     registry = CollectorRegistry()
-    ServingMetrics(registry, model_labels=model_labels(manifest))
+    ServingMetrics(registry, methods=FORECAST_METHODS, model_labels=model_labels(manifest))
     registry.register(PredictionMonitor(_monitor_spec(manifest)))
     series: dict[str, set[str]] = {}
     for family in registry.collect():
@@ -303,7 +304,7 @@ def test_sample_prometheus_config_passes_promtool_check(promtool_binary: str):
 
 def test_service_metrics_exposition_passes_promtool_lint(promtool_binary: str, manifest: Manifest):
     registry = CollectorRegistry()
-    ServingMetrics(registry, model_labels=model_labels(manifest))
+    ServingMetrics(registry, methods=FORECAST_METHODS, model_labels=model_labels(manifest))
     registry.register(PredictionMonitor(_monitor_spec(manifest)))
     result = run_promtool(promtool_binary, "check", "metrics", stdin=generate_latest(registry))
     assert result.returncode == 0, result.stdout.decode() + result.stderr.decode()

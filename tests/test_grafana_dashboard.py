@@ -23,6 +23,8 @@ from test_alerts import (
     series_family,
 )
 
+from training.manifest import Manifest
+
 GRAFANA = REPO_ROOT / "deploy" / "grafana"
 DASHBOARD_FILE = GRAFANA / "dashboards" / "forecast-service.json"
 DATASOURCES_FILE = GRAFANA / "provisioning" / "datasources" / "prometheus.yml"
@@ -68,7 +70,7 @@ def dashboard() -> dict:
 
 @pytest.fixture(scope="module")
 def service_series(trained_version: Path) -> dict[str, set[str]]:
-    return exported_series(json.loads((trained_version / "manifest.json").read_text()))
+    return exported_series(Manifest.load(trained_version))
 
 
 def panels(dashboard: dict) -> Iterator[dict]:

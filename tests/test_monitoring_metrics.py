@@ -11,6 +11,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 
 from monitoring.metrics import KNOWN_CODES, ServingMetrics
 from monitoring.monitor import PredictionMonitor
+from service.api import FORECAST_METHODS
 from training.artifacts import load_artifacts
 
 LABELS = {
@@ -30,7 +31,9 @@ def manifest(trained_version):
 
 def test_serving_metrics_count_rpcs_by_method_and_code():
     registry = CollectorRegistry()
-    metrics = ServingMetrics(registry, model_labels=LABELS, queue_depth=lambda: 7)
+    metrics = ServingMetrics(
+        registry, methods=FORECAST_METHODS, model_labels=LABELS, queue_depth=lambda: 7
+    )
 
     metrics.record_rpc("Forecast", "OK", 0.002)
     metrics.record_rpc("Forecast", "OK", 0.004)
@@ -51,7 +54,7 @@ def test_serving_metrics_count_rpcs_by_method_and_code():
 
 def test_serving_metrics_create_known_label_sets_upfront():
     registry = CollectorRegistry()
-    ServingMetrics(registry, model_labels=LABELS)
+    ServingMetrics(registry, methods=FORECAST_METHODS, model_labels=LABELS)
     for code in KNOWN_CODES:
         assert (
             registry.get_sample_value(
@@ -63,8 +66,8 @@ def test_serving_metrics_create_known_label_sets_upfront():
 
 def test_two_registries_do_not_share_state():
     first, second = CollectorRegistry(), CollectorRegistry()
-    ServingMetrics(first, model_labels=LABELS).record_batch(5)
-    ServingMetrics(second, model_labels=LABELS)
+    ServingMetrics(first, methods=FORECAST_METHODS, model_labels=LABELS).record_batch(5)
+    ServingMetrics(second, methods=FORECAST_METHODS, model_labels=LABELS)
     assert first.get_sample_value("forecast_windows_total") == 5
     assert second.get_sample_value("forecast_windows_total") == 0
 

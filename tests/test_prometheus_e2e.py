@@ -38,6 +38,7 @@ from service_process import ServiceProcess
 from test_alerts import ALERTS_FILE, PrometheusServer, metric_names
 from test_grafana_dashboard import DASHBOARD_FILE, as_promql, expressions
 
+from service.api import FORECAST_METHODS
 from service.client import ForecastClient
 from training.data import chronological_split, impute, synthetic_series
 from training.faults import zero_head
@@ -57,8 +58,7 @@ DRIFT_SCALE = 10.0
 
 
 MODEL_HEALTH_ALERTS = ("ForecastOutputCollapsed", "ForecastInputScaleDrift")
-# The RPCs forecast_requests_total counts (health and reflection calls are not).
-FORECAST_METHODS = {"Forecast", "StreamForecast", "GetModelInfo"}
+
 
 # -------------------------------------------------------------------------------------------
 # Processes and traffic
@@ -334,7 +334,7 @@ def test_prometheus_fires_collapse_and_drift_alerts_and_nothing_for_healthy_traf
         sample["metric"]["method"]
         for sample in prometheus.api("query", query="forecast_requests_total")["result"]
     }
-    assert "Forecast" in methods and methods <= FORECAST_METHODS, methods
+    assert "Forecast" in methods and methods <= set(FORECAST_METHODS), methods
 
     for name, sender in traffic.items():
         assert sender.requests > 0, name

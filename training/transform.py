@@ -115,8 +115,8 @@ class WindowTransform:
         """Raw ``[..., features]`` in training units -> scaled float32, same shape."""
         flat = np.asarray(values, dtype=np.float64).reshape(-1, self.n_features)
         with np.errstate(over="ignore", invalid="ignore"):  # inf is rejected per window later
-            scaled: np.ndarray = self.scaler.transform(flat)
-        return scaled.astype(np.float32).reshape(np.shape(values))
+            scaled: np.ndarray = self.scaler.transform(flat).astype(np.float32)
+        return scaled.reshape(np.shape(values))
 
     def encode_windows(self, raw_windows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Raw windows -> (model inputs ``[n, window, features]`` float32, anchors ``[n]``).

@@ -39,7 +39,8 @@ def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> bool | None:
     test = pyfuncitem.obj
     if not inspect.iscoroutinefunction(test):
         return None
-    runner: asyncio.Runner = pyfuncitem.funcargs["aio"]
+    runner = pyfuncitem.funcargs["aio"]
+    assert isinstance(runner, asyncio.Runner)
     arguments = {name: pyfuncitem.funcargs[name] for name in inspect.signature(test).parameters}
     runner.run(asyncio.wait_for(test(**arguments), ASYNC_TEST_TIMEOUT_S))
     return True

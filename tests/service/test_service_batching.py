@@ -16,13 +16,14 @@ import pytest
 from service_testkit import EXTREME, start_server, target_of
 
 from service.api import pb, pb_grpc
-from service.batching import MicroBatcher
+from service.batching import IdleHook, MicroBatcher, WindowQueue
 from service.client import request_from_windows
 from service.errors import ModelNotReady, Overloaded
 from service.forecaster import BatchResult, Forecaster
 from service.threads import MODEL_THREAD, MONITOR_THREAD
 
 TIMEOUT = 10.0
+IDLE_SECONDS = 0.1  # the pause after which the idle hook runs
 
 
 class BatchLog:
@@ -254,7 +255,7 @@ def constant_windows(value: float, count: int = 1) -> np.ndarray:
 
 async def test_batcher_merges_windows_queued_while_the_model_is_busy():
     predict = GatedPredict()
-    batcher = MicroBatcher(predict, max_batch_size=8, max_queue_windows=64)
+    batcher = MicroBatcher(predict, WindowQueue(64), max_batch_size=8)
     batcher.start()
     first = asyncio.create_task(batcher.submit(constant_windows(1.0)))
     await predict.wait_until_busy()
@@ -272,7 +273,7 @@ async def test_batcher_merges_windows_queued_while_the_model_is_busy():
 
 async def test_batcher_full_queue_raises_overloaded():
     predict = GatedPredict()
-    batcher = MicroBatcher(predict, max_batch_size=2, max_queue_windows=4)
+    batcher = MicroBatcher(predict, WindowQueue(4), max_batch_size=2)
     batcher.start()
     in_model = asyncio.create_task(batcher.submit(constant_windows(1.0, 2)))
     await predict.wait_until_busy()
@@ -290,7 +291,7 @@ async def test_batcher_full_queue_raises_overloaded():
 
 async def test_batcher_cancelled_queued_request_never_reaches_predict():
     predict = GatedPredict()
-    batcher = MicroBatcher(predict, max_batch_size=4, max_queue_windows=64)
+    batcher = MicroBatcher(predict, WindowQueue(64), max_batch_size=4)
     batcher.start()
     in_model = asyncio.create_task(batcher.submit(constant_windows(1.0)))
     await predict.wait_until_busy()
@@ -309,7 +310,7 @@ async def test_batcher_cancelled_queued_request_never_reaches_predict():
 
 async def test_batcher_drops_request_whose_deadline_passed_in_the_queue():
     predict = GatedPredict()
-    batcher = MicroBatcher(predict, max_batch_size=4, max_queue_windows=64)
+    batcher = MicroBatcher(predict, WindowQueue(64), max_batch_size=4)
     batcher.start()
     loop = asyncio.get_running_loop()
     in_model = asyncio.create_task(batcher.submit(constant_windows(1.0)))
@@ -341,7 +342,7 @@ async def test_batcher_failed_model_call_fails_only_its_batch():
         forecasts = windows[:, 0, :1].astype(np.float64)
         return BatchResult(forecasts, forecasts.astype(np.float32), windows, 0.001)
 
-    batcher = MicroBatcher(flaky_predict, max_batch_size=4, max_queue_windows=64)
+    batcher = MicroBatcher(flaky_predict, WindowQueue(64), max_batch_size=4)
     batcher.start()
 
     with pytest.raises(RuntimeError, match="model blew up"):
@@ -355,7 +356,7 @@ async def test_batcher_failed_model_call_fails_only_its_batch():
 async def test_batcher_refuses_work_after_close():
     predict = GatedPredict()
     predict.release.set()
-    batcher = MicroBatcher(predict, max_batch_size=4, max_queue_windows=64)
+    batcher = MicroBatcher(predict, WindowQueue(64), max_batch_size=4)
     batcher.start()
     await batcher.close()
 
@@ -396,10 +397,10 @@ class Events:
 def watched_batcher(events: Events, max_batch_size: int) -> MicroBatcher:
     batcher = MicroBatcher(
         instant_predict,
+        WindowQueue(64),
         max_batch_size=max_batch_size,
-        max_queue_windows=64,
         observers=(events.observe,),
-        on_idle=events.idle,
+        on_idle=IdleHook(events.idle, IDLE_SECONDS),
     )
     batcher.start()
     return batcher
@@ -437,7 +438,7 @@ async def test_idle_hook_runs_once_traffic_pauses_and_not_while_it_flows():
 async def test_a_failing_observer_does_not_stop_the_next_batches(caplog):
     events = Events(fail_first_batch=True)
     batcher = MicroBatcher(
-        instant_predict, max_batch_size=1, max_queue_windows=64, observers=(events.observe,)
+        instant_predict, WindowQueue(64), max_batch_size=1, observers=(events.observe,)
     )
     batcher.start()
 
