@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -37,29 +38,61 @@ class BearerTokenInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         return _denied(handler)
 
 
-async def _deny(request_or_iterator: Any, context: grpc.aio.ServicerContext) -> None:
-    await context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or invalid bearer token")
+DENIED = "missing or invalid bearer token"
+# A refused call whose client streams its requests is answered once the client has finished
+# sending (or after this long, or this many messages, whichever comes first). grpc.aio clients
+# report INTERNAL instead of the server's status when that status arrives while they are still
+# writing (grpc/grpc#36066), so answering at once made a refused stream look like a server bug.
+HALF_CLOSE_WAIT_S = 0.25
+MAX_DISCARDED_MESSAGES = 8
 
 
-async def _deny_stream(
-    request_or_iterator: Any, context: grpc.aio.ServicerContext
-) -> AsyncIterator[None]:
-    await context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or invalid bearer token")
+async def _deny(request: Any, context: grpc.aio.ServicerContext) -> None:
+    await context.abort(grpc.StatusCode.UNAUTHENTICATED, DENIED)
+
+
+async def _deny_stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[None]:
+    await context.abort(grpc.StatusCode.UNAUTHENTICATED, DENIED)
     yield  # pragma: no cover - makes this an async generator
 
 
+async def _deny_after_sending(
+    requests: AsyncIterator[Any], context: grpc.aio.ServicerContext
+) -> None:
+    await _until_half_close(requests)
+    await context.abort(grpc.StatusCode.UNAUTHENTICATED, DENIED)
+
+
+async def _deny_stream_after_sending(
+    requests: AsyncIterator[Any], context: grpc.aio.ServicerContext
+) -> AsyncIterator[None]:
+    await _until_half_close(requests)
+    await context.abort(grpc.StatusCode.UNAUTHENTICATED, DENIED)
+    yield  # pragma: no cover - makes this an async generator
+
+
+async def _until_half_close(requests: AsyncIterator[Any]) -> None:
+    """Discard the client's messages (unparsed) until it half-closes, within the bounds."""
+    try:
+        async with asyncio.timeout(HALF_CLOSE_WAIT_S):
+            discarded = 0
+            async for _ in requests:
+                discarded += 1
+                if discarded >= MAX_DISCARDED_MESSAGES:
+                    return
+    except TimeoutError:
+        pass
+
+
 def _denied(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+    """A handler that refuses the call; a refused client's request bytes are never parsed."""
     kinds = {
         "unary_unary": (grpc.unary_unary_rpc_method_handler, _deny),
         "unary_stream": (grpc.unary_stream_rpc_method_handler, _deny_stream),
-        "stream_unary": (grpc.stream_unary_rpc_method_handler, _deny),
-        "stream_stream": (grpc.stream_stream_rpc_method_handler, _deny_stream),
+        "stream_unary": (grpc.stream_unary_rpc_method_handler, _deny_after_sending),
+        "stream_stream": (grpc.stream_stream_rpc_method_handler, _deny_stream_after_sending),
     }
     for attribute, (make, behavior) in kinds.items():
         if getattr(handler, attribute):
-            return make(
-                behavior,
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
+            return make(behavior, response_serializer=handler.response_serializer)
     return handler

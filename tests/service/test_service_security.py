@@ -191,6 +191,26 @@ async def test_token_missing_or_wrong_is_unauthenticated(token_server, windows, 
     assert codes == dict.fromkeys(codes, grpc.StatusCode.UNAUTHENTICATED)
 
 
+async def test_token_refused_stream_that_never_half_closes_is_not_left_open(token_server, windows):
+    """A refused client that keeps streaming is answered once the server stops waiting for its
+    half-close (it waits only so that a client which does finish sending reads the server's
+    status, not grpc.aio's INTERNAL, grpc/grpc#36066); the call never runs to its deadline."""
+    request = request_from_windows(windows[:1])
+
+    async def endless():
+        while True:
+            yield request
+            await asyncio.sleep(0.05)
+
+    async with grpc.aio.insecure_channel(target_of(token_server)) as channel:
+        call = pb_grpc.ForecastServiceStub(channel).StreamForecast(endless(), timeout=TIMEOUT)
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            async for _ in call:
+                pass
+
+    assert caught.value.code() not in (grpc.StatusCode.OK, grpc.StatusCode.DEADLINE_EXCEEDED)
+
+
 async def test_token_unauthenticated_details_are_generic(token_server):
     async with grpc.aio.insecure_channel(target_of(token_server)) as channel:
         stub = pb_grpc.ForecastServiceStub(channel)
