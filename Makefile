@@ -31,13 +31,10 @@ run: install ## train the default model if no version is published yet, then ser
 serve: install ## serve the newest version in $(ARTIFACTS) (no training)
 	$(BIN)/python -m service --artifacts $(ARTIFACTS)
 
-test: install ## lint, format check and type check, then the whole test suite
-	$(BIN)/ruff check .
-	$(BIN)/ruff format --check .
-	$(MAKE) --no-print-directory typecheck
+test: lint typecheck ## lint, format check and type check, then the whole test suite
 	$(BIN)/python -m pytest
 
-lint: install
+lint: install ## ruff check and ruff format --check
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 

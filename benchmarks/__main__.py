@@ -19,13 +19,12 @@ report); 2 for bad flags or a missing/unusable trained model (one line on stderr
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import logging
 import sys
 from pathlib import Path
 
-from training.cli import Parser, int_list, positive
+from training.cli import command_parser, int_list, positive
 
 PROG = "python -m benchmarks"
 
@@ -38,8 +37,12 @@ DEFAULT_SWEEPS = {
 
 
 # CPU numbers ("0,1"), and sets of sizes such as concurrency levels or batch buckets ("1,8,32").
-_cpus = functools.partial(int_list, minimum=0)
-_levels = functools.partial(int_list, unique_sorted=True)
+def _cpus(text: str) -> tuple[int, ...]:
+    return int_list(text, minimum=0, too_small=f"expected non-negative integers, got {text!r}")
+
+
+def _levels(text: str) -> tuple[int, ...]:
+    return int_list(text, unique_sorted=True, too_small="concurrency levels must be >= 1")
 
 
 def _modes(text: str) -> tuple[str, ...]:
@@ -121,11 +124,10 @@ def _common(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = Parser(
-        prog=PROG,
-        description="Measure the forecast service against its ceilings and the "
-        "naive server, side by side in one run.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    parser = command_parser(
+        PROG,
+        "Measure the forecast service against its ceilings and the naive server, side by side "
+        "in one run.",
         epilog="`python -m benchmarks run --help` and `... soak --help` list every flag.",
     )
     sub = parser.add_subparsers(dest="command", metavar="{run,soak,report}")

@@ -8,7 +8,6 @@ synthetic series (the held-out validation + test windows, sent as float32 like g
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
@@ -19,6 +18,7 @@ import numpy as np
 from monitoring.monitor import PredictionMonitor
 from monitoring.replay import Traffic, orders, replay, windows_until_flagged
 from training.artifacts import ArtifactError, load_artifacts
+from training.cli import command_parser
 from training.faults import zero_head
 from training.replay import (
     NotSyntheticError,
@@ -80,16 +80,10 @@ def measure(artifacts_path: Path, windows_per_order: int, scratch: Path) -> dict
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m benchmarks.detectors",
-        description=__doc__.splitlines()[0],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
-    parser.add_argument(
-        "--artifacts",
-        type=Path,
-        default=Path("artifacts"),
-        help="version directory or base directory (newest version)",
+    parser = command_parser(
+        "python -m benchmarks.detectors",
+        __doc__.splitlines()[0],
+        artifacts_help="version directory or base directory (newest version)",
     )
     parser.add_argument(
         "--windows",

@@ -10,13 +10,11 @@ name. No interceptors, no validation, no batching: what gRPC and protobuf cost o
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import logging
 import signal
 import sys
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -25,6 +23,7 @@ from benchmarks.workload import model_shape
 from service.announce import GRPC_LISTENING
 from service.api import SERVICE_NAME, pb, pb_grpc
 from training.artifacts import ArtifactError
+from training.cli import command_parser
 
 PROG = "python -m benchmarks.echo_server"
 log = logging.getLogger(__name__)
@@ -87,16 +86,10 @@ async def serve(address: str, servicer: EchoServicer) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog=PROG,
-        description=__doc__.splitlines()[0],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
-    parser.add_argument(
-        "--artifacts",
-        type=Path,
-        default=Path("artifacts"),
-        help="version or base directory: sets horizon, feature count and version",
+    parser = command_parser(
+        PROG,
+        __doc__.splitlines()[0],
+        artifacts_help="version or base directory: sets horizon, feature count and version",
     )
     parser.add_argument(
         "--address",

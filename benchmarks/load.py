@@ -23,6 +23,7 @@ import resource
 import time
 from collections import Counter, deque
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -174,8 +175,9 @@ async def _drive(job: Job, requests: list[bytes], horizon: int) -> ClientResult:
     channel = grpc.aio.insecure_channel(job.target, options=CHANNEL_OPTIONS)
     try:
         await asyncio.wait_for(channel.channel_ready(), timeout=30)
+        call: Any  # bytes in, bytes out
         if mode.rpc == "unary":
-            call = channel.unary_unary(FORECAST)  # bytes in, bytes out
+            call = channel.unary_unary(FORECAST)
         else:
             call = channel.stream_stream(STREAM_FORECAST)
         await asyncio.sleep(max(0.0, start - time.perf_counter()))

@@ -17,7 +17,6 @@ compared with.
 
 from __future__ import annotations
 
-import argparse
 import functools
 import json
 import logging
@@ -29,7 +28,7 @@ import numpy as np
 
 from benchmarks.stats import summarize
 from benchmarks.workload import WorkloadError, batches, held_out, model_shape
-from training.cli import Parser, int_list
+from training.cli import command_parser, int_list
 
 PROG = "python -m benchmarks.model_ceiling"
 
@@ -123,16 +122,10 @@ def main(argv: list[str] | None = None) -> int:
     from service.config import Settings
 
     defaults = Settings()
-    parser = Parser(
-        prog=PROG,
-        description=__doc__.splitlines()[0],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
-    parser.add_argument(
-        "--artifacts",
-        type=Path,
-        default=Path("artifacts"),
-        help="version or base directory (the newest version)",
+    parser = command_parser(
+        PROG,
+        __doc__.splitlines()[0],
+        artifacts_help="version or base directory (the newest version)",
     )
     parser.add_argument(
         "--batch-sizes",

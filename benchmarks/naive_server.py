@@ -10,14 +10,12 @@ no compilation beyond what ``predict`` does itself. The answers equal the servic
 
 from __future__ import annotations
 
-import argparse
 import logging
 import signal
 import sys
 import threading
 from collections.abc import Iterator
 from concurrent import futures
-from pathlib import Path
 
 import grpc
 import numpy as np
@@ -25,6 +23,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from service.announce import GRPC_LISTENING
 from service.api import SERVICE_NAME, pb, pb_grpc
+from training.cli import command_parser
 
 PROG = "python -m benchmarks.naive_server"
 log = logging.getLogger(__name__)
@@ -56,16 +55,10 @@ class NaiveServicer(pb_grpc.ForecastServiceServicer):
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog=PROG,
-        description=__doc__.splitlines()[0],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
-    parser.add_argument(
-        "--artifacts",
-        type=Path,
-        default=Path("artifacts"),
-        help="version or base directory (the newest version is served)",
+    parser = command_parser(
+        PROG,
+        __doc__.splitlines()[0],
+        artifacts_help="version or base directory (the newest version is served)",
     )
     parser.add_argument(
         "--address",

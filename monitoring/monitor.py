@@ -7,15 +7,14 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
 
 import numpy as np
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from monitoring.detectors import CollapseDetector, DriftDetector
 from monitoring.ewstats import WEIGHT_TABLE, EWStats
-from monitoring.reference import Calibration, FeatureReference
+from monitoring.reference import MonitorSpec
 
 # The detectors update once this many windows wait. One update then holds at most this plus one
 # model batch, which stays inside the EW weight table (longer batches compute their weights).
@@ -23,20 +22,6 @@ UPDATE_EVERY = WEIGHT_TABLE // 2
 # ... or once the oldest buffered window has waited this long; the service's batcher also calls
 # flush() after a pause in traffic of the same length.
 MAX_DELAY_SECONDS = 0.1
-
-
-@dataclass(frozen=True, kw_only=True)
-class MonitorSpec:
-    """What a monitor needs from a model version, as plain numbers."""
-
-    horizon: int
-    features: Mapping[str, FeatureReference]  # in input order
-    prediction_std: tuple[float, ...]  # std of the raw output on validation, per horizon step
-    calibration: Calibration
-
-    @property
-    def feature_names(self) -> list[str]:
-        return list(self.features)
 
 
 class PredictionMonitor:

@@ -132,3 +132,17 @@ def feature_reference(scaled: np.ndarray, raw: np.ndarray) -> FeatureReference:
 
 def _floats(values: np.ndarray) -> tuple[float, ...]:
     return tuple(float(v) for v in values)
+
+
+@dataclass(frozen=True, kw_only=True)
+class MonitorSpec:
+    """What a monitor needs from a model version, as plain numbers."""
+
+    horizon: int
+    features: Mapping[str, FeatureReference]  # in input order
+    prediction_std: tuple[float, ...]  # std of the raw output on validation, per horizon step
+    calibration: Calibration
+
+    @property
+    def feature_names(self) -> list[str]:
+        return list(self.features)

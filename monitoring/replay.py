@@ -11,7 +11,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from monitoring.monitor import MonitorSpec, PredictionMonitor
+from monitoring.monitor import PredictionMonitor
+from monitoring.reference import MonitorSpec
 
 
 @dataclass(frozen=True)

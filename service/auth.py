@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import hmac
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
 
+from service.errors import Context, Continuation, Handler
+
 OPEN_PREFIXES = ("/grpc.health.v1.Health/",)
 
 
-class BearerTokenInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+class BearerTokenInterceptor(grpc.aio.ServerInterceptor):
     """Requires ``authorization: Bearer <token>``; compares in constant time (hmac)."""
 
     def __init__(self, token: str) -> None:
@@ -21,10 +23,8 @@ class BearerTokenInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         self._expected = f"Bearer {token}".encode()
 
     async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
+        self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
+    ) -> Handler | None:
         handler = await continuation(handler_call_details)
         if handler is None or handler_call_details.method.startswith(OPEN_PREFIXES):
             return handler
@@ -47,24 +47,22 @@ HALF_CLOSE_WAIT_S = 0.25
 MAX_DISCARDED_MESSAGES = 8
 
 
-async def _deny(request: Any, context: grpc.aio.ServicerContext) -> None:
+async def _deny(request: Any, context: Context) -> None:
     await context.abort(grpc.StatusCode.UNAUTHENTICATED, DENIED)
 
 
-async def _deny_stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[None]:
+async def _deny_stream(request: Any, context: Context) -> AsyncIterator[None]:
     await context.abort(grpc.StatusCode.UNAUTHENTICATED, DENIED)
     yield  # pragma: no cover - makes this an async generator
 
 
-async def _deny_after_sending(
-    requests: AsyncIterator[Any], context: grpc.aio.ServicerContext
-) -> None:
+async def _deny_after_sending(requests: AsyncIterator[Any], context: Context) -> None:
     await _until_half_close(requests)
     await context.abort(grpc.StatusCode.UNAUTHENTICATED, DENIED)
 
 
 async def _deny_stream_after_sending(
-    requests: AsyncIterator[Any], context: grpc.aio.ServicerContext
+    requests: AsyncIterator[Any], context: Context
 ) -> AsyncIterator[None]:
     await _until_half_close(requests)
     await context.abort(grpc.StatusCode.UNAUTHENTICATED, DENIED)
@@ -84,7 +82,7 @@ async def _until_half_close(requests: AsyncIterator[Any]) -> None:
         pass
 
 
-def _denied(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+def _denied(handler: Handler) -> Handler:
     """A handler that refuses the call; a refused client's request bytes are never parsed."""
     kinds = {
         "unary_unary": (grpc.unary_unary_rpc_method_handler, _deny),

@@ -23,7 +23,11 @@ def _setting(default: Any, help: str, **extra: Any) -> Any:
 
 def _buckets(text: str) -> tuple[int, ...]:
     """Batch buckets are a set: ``"8,2,2"`` -> ``(2, 8)``."""
-    return int_list(text, unique_sorted=True)
+    return int_list(
+        text,
+        unique_sorted=True,
+        too_small=f"expected comma-separated positive integers, got {text!r}",
+    )
 
 
 @dataclass(frozen=True)

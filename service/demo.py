@@ -10,7 +10,6 @@ client, and prints the key metrics scraped from its ``/metrics`` endpoint.
 
 from __future__ import annotations
 
-import argparse
 import os
 import signal
 import subprocess
@@ -27,6 +26,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from service import announce
 from service.client import ForecastClient
 from training.artifacts import ArtifactError, load_artifacts
+from training.cli import command_parser
 from training.data import synthetic_series
 from training.faults import zero_head
 from training.replay import held_out_windows
@@ -143,16 +143,10 @@ def _phase(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m service.demo",
-        description=__doc__.splitlines()[0],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
-    parser.add_argument(
-        "--artifacts",
-        type=Path,
-        default=Path("artifacts"),
-        help="trained artifacts (base or version directory)",
+    parser = command_parser(
+        "python -m service.demo",
+        __doc__.splitlines()[0],
+        artifacts_help="trained artifacts (base or version directory)",
     )
     parser.add_argument("--windows", type=int, default=600, help="windows sent per phase")
     args = parser.parse_args(argv)

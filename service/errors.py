@@ -13,7 +13,7 @@ import asyncio
 import inspect
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
@@ -79,23 +79,25 @@ async def _checked(request_iterator: AsyncIterator[Any]) -> AsyncIterator[Any]:
 
 
 Recorder = Callable[[str, grpc.StatusCode, float], None]
+# What a server interceptor receives and returns.
+Handler = grpc.RpcMethodHandler[Any, Any]
+Context = grpc.aio.ServicerContext[Any, Any]
+Continuation = Callable[[grpc.HandlerCallDetails], Awaitable[Handler | None]]
 
 
 def _short_method(full: str) -> str:
     return full.rsplit("/", 1)[-1] or full
 
 
-class StatusInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+class StatusInterceptor(grpc.aio.ServerInterceptor):
     """Maps exceptions to status codes and records the outcome of every RPC."""
 
     def __init__(self, record: Recorder | None = None) -> None:
         self._record = record or (lambda method, code, seconds: None)
 
     async def intercept_service(
-        self,
-        continuation: Callable[[Any], Any],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> Any:
+        self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
+    ) -> Handler | None:
         handler = await continuation(handler_call_details)
         if handler is None:
             return None
@@ -119,7 +121,7 @@ class StatusInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         return handler
 
     def _wrap_unary(self, behavior: Callable[..., Any], method: str) -> Callable[..., Any]:
-        async def wrapper(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        async def wrapper(request: Any, context: Context) -> Any:
             started = time.perf_counter()
             code = grpc.StatusCode.OK
             try:
@@ -139,9 +141,7 @@ class StatusInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
     def _wrap_stream(
         self, behavior: Callable[..., Any], method: str, *, streaming_request: bool
     ) -> Callable[..., AsyncIterator[Any]]:
-        async def wrapper(
-            request_or_iterator: Any, context: grpc.aio.ServicerContext
-        ) -> AsyncIterator[Any]:
+        async def wrapper(request_or_iterator: Any, context: Context) -> AsyncIterator[Any]:
             started = time.perf_counter()
             code = grpc.StatusCode.OK
             try:
@@ -167,7 +167,7 @@ class StatusInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
 
 
 def _classify(
-    exc: BaseException, context: grpc.aio.ServicerContext, method: str
+    exc: BaseException, context: Context, method: str
 ) -> tuple[grpc.StatusCode, str | None]:
     """(status code, client message); message None means re-raise unchanged."""
     if isinstance(exc, ForecastError):

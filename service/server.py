@@ -55,6 +55,7 @@ class ServingHealth:
         self.collapsed = False  # the collapse detector's state, as last reported
         self.draining = False
         self._loop = asyncio.get_running_loop()
+        self._updates: set[asyncio.Task[None]] = set()  # referenced until done
 
     async def set_serving(self, serving: bool, services: tuple[str, ...] = HEALTH_SERVICES) -> None:
         status = (
@@ -80,7 +81,14 @@ class ServingHealth:
             self._loop.call_soon_threadsafe(self._schedule_collapse_status, collapsed)
 
     def _schedule_collapse_status(self, collapsed: bool) -> None:
-        self._loop.create_task(self._follow_collapse(collapsed))
+        task = self._loop.create_task(self._follow_collapse(collapsed))
+        self._updates.add(task)
+        task.add_done_callback(self._updates.discard)
+
+    async def drain(self) -> None:
+        """NOT_SERVING for every service, for good: the server is shutting down."""
+        self.draining = True
+        await self.servicer.enter_graceful_shutdown()
 
     async def _follow_collapse(self, collapsed: bool) -> None:
         if self.draining:
@@ -117,9 +125,8 @@ class RunningServer:
 
     async def shutdown(self, grace: float) -> None:
         """NOT_SERVING, stop taking RPCs, let in-flight ones finish within ``grace``, stop."""
-        self.status.draining = True
         self.stop_warm_up.set()
-        await self.status.servicer.enter_graceful_shutdown()
+        await self.status.drain()
         await self.server.stop(grace)
         await self.batcher.close()
 

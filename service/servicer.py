@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Awaitable
+from typing import Any
 
 import grpc
 import numpy as np
@@ -41,12 +42,12 @@ class ForecastServicer(pb_grpc.ForecastServiceServicer):
         )
 
     @staticmethod
-    def _deadline(context: grpc.aio.ServicerContext) -> float | None:
+    def _deadline(context: grpc.aio.ServicerContext[Any, Any]) -> float | None:
         remaining = context.time_remaining()
         return None if remaining is None else asyncio.get_running_loop().time() + remaining
 
     async def Forecast(
-        self, request: pb.ForecastRequest, context: grpc.aio.ServicerContext
+        self, request: pb.ForecastRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.ForecastResponse:
         forecasts = await self._batcher.submit(self._windows(request), self._deadline(context))
         return response_from_forecasts(forecasts, self._forecaster.version)
@@ -54,7 +55,7 @@ class ForecastServicer(pb_grpc.ForecastServiceServicer):
     async def StreamForecast(
         self,
         request_iterator: AsyncIterator[pb.ForecastRequest],
-        context: grpc.aio.ServicerContext,
+        context: grpc.aio.ServicerContext[Any, Any],
     ) -> AsyncIterator[pb.ForecastResponse]:
         """Messages are validated and submitted as they arrive (up to STREAM_IN_FLIGHT at once)
         and answered strictly in order. A bad message ends the stream with INVALID_ARGUMENT
@@ -100,7 +101,7 @@ class ForecastServicer(pb_grpc.ForecastServiceServicer):
                     item.cancel()
 
     async def GetModelInfo(
-        self, request: pb.GetModelInfoRequest, context: grpc.aio.ServicerContext
+        self, request: pb.GetModelInfoRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.ModelInfo:
         return self._info
 

@@ -25,7 +25,8 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
 from monitoring.metrics import ServingMetrics
-from monitoring.monitor import MonitorSpec, PredictionMonitor
+from monitoring.monitor import PredictionMonitor
+from monitoring.reference import MonitorSpec
 from service.api import FORECAST_METHODS
 from training.manifest import Manifest
 

@@ -70,7 +70,7 @@ def test_typed_fields_are_read_as_attributes(format1_version):
     assert set(manifest.files) == {"model.keras", "scaler.joblib"}
 
 
-@pytest.mark.parametrize("found", [2, 0, "1", None])
+@pytest.mark.parametrize("found", [2, 0, "1", None, True, 1.0])
 def test_unknown_format_version_is_refused_in_one_line(format1_copy, found):
     rewrite_manifest(format1_copy, lambda body: body.update(format_version=found))
 
@@ -137,6 +137,55 @@ def test_format1_sections_added_after_the_first_release_are_optional(format1_cop
     assert manifest.monitor_spec() is None
     assert manifest.reference.features["load"].raw_mean is None
     assert "monitoring" not in manifest.to_dict()
+
+
+def test_detectors_follow_feature_names_whatever_the_key_order(format1_copy):
+    """A tool that rewrites the JSON with sorted keys must not swap features' statistics."""
+
+    def reversed_keys(body):
+        features = body["reference"]["features"]
+        body["reference"]["features"] = dict(reversed(list(features.items())))
+
+    rewrite_manifest(format1_copy, reversed_keys)
+
+    manifest = Manifest.load(format1_copy)
+    spec = manifest.monitor_spec()
+
+    assert spec is not None
+    assert spec.feature_names == list(manifest.feature_names)
+    assert spec.features["load"] == manifest.reference.features["load"]
+
+
+def test_reference_statistics_of_other_features_are_refused(format1_copy):
+    def renamed(body):
+        features = body["reference"]["features"]
+        features["demand"] = features.pop("load")
+
+    rewrite_manifest(format1_copy, renamed)
+
+    with pytest.raises(ArtifactError, match="reference.features: its features are not"):
+        Manifest.load(format1_copy)
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        lambda monitoring: monitoring.clear(),
+        lambda monitoring: monitoring["drift"].pop("load"),
+        lambda monitoring: monitoring["collapse"].pop("threshold"),
+    ],
+    ids=["empty", "drift band missing for a feature", "collapse threshold missing"],
+)
+def test_unusable_monitoring_section_turns_the_detectors_off(format1_copy, caplog, damage):
+    """As before the manifest was typed: served, with the detectors off and a warning."""
+    rewrite_manifest(format1_copy, lambda body: damage(body["monitoring"]))
+
+    with caplog.at_level("WARNING", logger="training.manifest"):
+        manifest = Manifest.load(format1_copy)
+
+    assert manifest.monitoring is None
+    assert manifest.monitor_spec() is None
+    assert "the collapse/drift detectors will be off" in caplog.text
 
 
 def test_dump_then_load_keeps_every_field(format1_copy):

@@ -27,7 +27,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from training.manifest import (
-    CHECKSUMMED,
     MANIFEST_FILE,
     MODEL_FILE,
     SCALER_FILE,
@@ -39,10 +38,6 @@ if TYPE_CHECKING:
     from training.transform import WindowTransform
 
 __all__ = [
-    "CHECKSUMMED",
-    "MANIFEST_FILE",
-    "MODEL_FILE",
-    "SCALER_FILE",
     "ArtifactError",
     "Artifacts",
     "list_versions",

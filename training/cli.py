@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Callable
+from pathlib import Path
 from typing import NoReturn
 
 EXIT_USAGE = 2
@@ -19,6 +20,29 @@ class Parser(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+
+
+def command_parser(
+    prog: str,
+    description: str,
+    *,
+    artifacts_help: str | None = None,
+    epilog: str | None = None,
+) -> Parser:
+    """The parser of a ``python -m`` entry point: one-line usage errors, defaults in ``--help``,
+    and with ``artifacts_help`` the ``--artifacts`` flag (a version or base directory, default
+    ``artifacts``) that the serving, benchmark and demo commands share."""
+    parser = Parser(
+        prog=prog,
+        description=description,
+        epilog=epilog,
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    if artifacts_help is not None:
+        parser.add_argument(
+            "--artifacts", type=Path, default=Path("artifacts"), help=artifacts_help
+        )
+    return parser
 
 
 def int_list(
@@ -47,13 +71,11 @@ def int_list(
 
 
 def positive(kind: Callable[[str], float], *, zero_ok: bool = False) -> Callable[[str], float]:
-    """An argparse type for numbers ``> 0`` (``>= 0`` with ``zero_ok``) of ``kind``."""
+    """An argparse type for numbers ``> 0`` (``>= 0`` with ``zero_ok``) of ``kind``. Text that
+    is no number of ``kind`` gets argparse's own message (``invalid int value: 'x'``)."""
 
     def parse(text: str) -> float:
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        value = kind(text)
         if value < 0 or (value == 0 and not zero_ok):
             raise argparse.ArgumentTypeError(f"must be {'>=' if zero_ok else '>'} 0, got {text}")
         return value

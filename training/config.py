@@ -1,16 +1,35 @@
-"""``TrainConfig``: every setting of one training run, built from the ``python -m training.train``
-flags. The training steps (:mod:`training.run`) read this, never the parsed command line.
+"""``TrainConfig``: every setting of one training run, and the ``python -m training.train`` flag
+that sets it. Each field carries its flag's help text, argument type and group, so a setting is
+described once; the training steps (:mod:`training.run`) read this, never the parsed command line.
 
 It imports nothing heavy, so ``--help`` stays fast and free of TensorFlow.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
+
+from training.cli import fraction, int_list, positive
 
 DISTRIBUTE_CHOICES = ("none", "mirrored", "multiworker")
 """The values of ``--distribute``; :mod:`training.distribute` builds a strategy for each."""
+
+TARGET_MODES = ("delta", "level")
+"""The values of ``--target-mode``; :class:`training.transform.WindowTransform` implements them."""
+
+# Flag groups, in the order --help shows them.
+DATA, MODEL, OPTIMISATION, OUTPUT = "data", "model", "optimisation", "collapse guard and output"
+
+
+def _layer_sizes(text: str) -> tuple[int, ...]:
+    return int_list(text, too_small="every layer needs at least 1 unit")
+
+
+def _flag(default: Any, group: str, help: str, **argparse_kwargs: Any) -> Any:
+    """A field with its flag: ``help`` and ``argparse_kwargs`` go to ``add_argument``."""
+    return field(default=default, metadata={"group": group, "help": help, **argparse_kwargs})
 
 
 @dataclass(frozen=True)
@@ -18,66 +37,103 @@ class TrainConfig:
     """One field per flag, named after it (``--batch-size`` is ``batch_size``), holding the
     flag's default; plus ``argv``, the command line recorded in the manifest."""
 
-    # data
-    data: Path | None = None
-    """CSV file with a header row; None for the built-in synthetic series."""
-    target: str | None = None
-    """Target column (required with ``data``; it is also an input)."""
-    features: str | None = None
-    """Comma-separated input columns; None for all but the time column."""
-    time_column: str | None = None
-    """Timestamp column (ISO-8601); rows are sorted by it."""
-    synthetic_steps: int = 6000
-    """Length in hourly steps of the built-in series."""
-    val_fraction: float = 0.15
-    """Chronological validation share."""
-    test_fraction: float = 0.15
-    """Chronological test share (the last rows)."""
-    window: int = 48
-    """Input window length in steps."""
-    horizon: int = 1
-    """Steps forecast per window."""
-    target_mode: str = "delta"
-    """``delta`` (change from the window's last target value) or ``level``."""
-    no_scaling: bool = False
-    """Train on raw values (reproduces the classic collapse)."""
+    data: Path | None = _flag(
+        None,
+        DATA,
+        "CSV file with a header row; omit for the built-in synthetic load series",
+        type=Path,
+    )
+    target: str | None = _flag(
+        None, DATA, "target column (required with --data; it is also an input)"
+    )
+    features: str | None = _flag(
+        None,
+        DATA,
+        "comma-separated input columns (default: all but the time column); the target is "
+        "added if missing",
+    )
+    time_column: str | None = _flag(
+        None, DATA, "timestamp column (ISO-8601); rows are sorted by it"
+    )
+    synthetic_steps: int = _flag(
+        6000, DATA, "length in hourly steps of the built-in series", type=positive(int)
+    )
+    val_fraction: float = _flag(0.15, DATA, "chronological validation share", type=fraction)
+    test_fraction: float = _flag(
+        0.15, DATA, "chronological test share (the last rows)", type=fraction
+    )
+    window: int = _flag(48, DATA, "input window length", type=positive(int))
+    horizon: int = _flag(1, DATA, "steps forecast per window", type=positive(int))
+    target_mode: str = _flag(
+        "delta",
+        DATA,
+        "delta: predict the change from the window's last target value "
+        "(persistence-relative, robust to trend); level: predict scaled levels",
+        choices=TARGET_MODES,
+    )
+    no_scaling: bool = _flag(
+        False,
+        DATA,
+        "train on raw values (reproduces the classic collapse; for experiments)",
+        action="store_true",
+    )
 
-    # model
-    units: tuple[int, ...] = (64, 32)
-    """LSTM layer sizes, first layer first."""
-    dropout: float = 0.2
-    """Input dropout of each LSTM layer and of the head."""
-    l2: float = 0.0
-    """L2 weight penalty (0 disables)."""
+    units: tuple[int, ...] = _flag(
+        (64, 32), MODEL, "LSTM layer sizes, comma-separated, e.g. 64,32", type=_layer_sizes
+    )
+    dropout: float = _flag(
+        0.2, MODEL, "input dropout of each LSTM layer and of the head", type=fraction
+    )
+    l2: float = _flag(0.0, MODEL, "L2 weight penalty (0 disables)", type=float)
 
-    # optimisation
-    epochs: int = 30
-    """Maximum epochs."""
-    batch_size: int = 64
-    """Global mini-batch size (split across replicas)."""
-    learning_rate: float = 2e-3
-    """Adam learning rate."""
-    clipnorm: float = 1.0
-    """Gradient clipping norm."""
-    patience: int = 5
-    """Early-stopping patience in epochs (best weights are restored)."""
-    seed: int = 42
-    """Random seed (runs repeat on CPU)."""
-    distribute: str = "none"
-    """One of :data:`DISTRIBUTE_CHOICES`."""
-    cpu_devices: int = 1
-    """Logical devices to split the CPU into (lets ``mirrored`` run without GPUs)."""
+    epochs: int = _flag(30, OPTIMISATION, "maximum epochs", type=positive(int))
+    batch_size: int = _flag(64, OPTIMISATION, "mini-batch size", type=positive(int))
+    learning_rate: float = _flag(2e-3, OPTIMISATION, "Adam learning rate", type=positive(float))
+    clipnorm: float = _flag(1.0, OPTIMISATION, "gradient clipping norm", type=positive(float))
+    patience: int = _flag(
+        5,
+        OPTIMISATION,
+        "early-stopping patience in epochs (best weights are restored)",
+        type=positive(int),
+    )
+    seed: int = _flag(42, OPTIMISATION, "random seed (runs repeat on CPU)", type=int)
+    distribute: str = _flag(
+        "none",
+        OPTIMISATION,
+        "mirrored: all local GPUs (MirroredStrategy); multiworker: several machines via "
+        "TF_CONFIG (MultiWorkerMirroredStrategy); --batch-size is global",
+        choices=DISTRIBUTE_CHOICES,
+    )
+    cpu_devices: int = _flag(
+        1,
+        OPTIMISATION,
+        "split the CPU into this many logical devices (lets --distribute mirrored run "
+        "without GPUs, e.g. in tests)",
+        type=positive(int),
+    )
 
-    # collapse guard and output
-    std_ratio_threshold: float = 0.1
-    """Reject when std(prediction)/std(target) on validation or test falls below this."""
-    allow_collapsed: bool = False
-    """Publish even a collapsed model (a diverged one never is)."""
-    output: Path = Path("artifacts")
-    """Base directory; each run writes ``<output>/<UTC version>/``."""
+    std_ratio_threshold: float = _flag(
+        0.1,
+        OUTPUT,
+        "reject when std(prediction)/std(target) on the model's output scale falls below "
+        "this on validation or test",
+        type=float,
+    )
+    allow_collapsed: bool = _flag(
+        False,
+        OUTPUT,
+        "publish even a collapsed model (for reproductions and tests)",
+        action="store_true",
+    )
+    output: Path = _flag(
+        Path("artifacts"),
+        OUTPUT,
+        "base directory; each run writes <output>/<UTC version>/",
+        type=Path,
+    )
 
     argv: tuple[str, ...] = ()
-    """The command line's arguments, recorded in the manifest."""
+    """The command line's arguments, recorded in the manifest (not a flag)."""
 
     def feature_list(self) -> list[str] | None:
         """``features`` split at commas; None when not given."""

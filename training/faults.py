@@ -8,22 +8,15 @@ checksums, so it passes artifact verification like any real bad model version wo
 
 from __future__ import annotations
 
-import argparse
 import shutil
 import sys
 import tempfile
 from dataclasses import replace
 from pathlib import Path
 
-from training.artifacts import (
-    MANIFEST_FILE,
-    MODEL_FILE,
-    ArtifactError,
-    load_artifacts,
-    new_version_name,
-    publish,
-)
-from training.manifest import Fault, Manifest
+from training.artifacts import ArtifactError, load_artifacts, new_version_name, publish
+from training.cli import command_parser
+from training.manifest import MANIFEST_FILE, MODEL_FILE, Fault, Manifest
 
 
 def zero_head(source: str | Path, output: str | Path) -> Path:
@@ -53,10 +46,9 @@ def zero_head(source: str | Path, output: str | Path) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m training.faults",
-        description="Write deliberately broken copies of a version (for demos and alert tests).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    parser = command_parser(
+        "python -m training.faults",
+        "Write deliberately broken copies of a version (for demos and alert tests).",
     )
     sub = parser.add_subparsers(dest="fault", required=True)
     zh = sub.add_parser("zero-head", help="zero the output layer's kernel: constant output")

@@ -20,16 +20,19 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from pydantic import TypeAdapter, ValidationError
 
-from monitoring.monitor import MonitorSpec
-from monitoring.reference import Calibration, FeatureReference
+from monitoring.reference import Calibration, FeatureReference, MonitorSpec
 from training.guard import SplitMetrics
+
+log = logging.getLogger(__name__)
+_T = TypeVar("_T")
 
 FORMAT_VERSION = 1
 KNOWN_FORMATS = (1,)
@@ -146,7 +149,7 @@ class Manifest:
             return None
         return MonitorSpec(
             horizon=self.horizon,
-            features=self.reference.features,
+            features={name: self.reference.features[name] for name in self.feature_names},
             prediction_std=self.reference.validation_prediction_std,
             calibration=self.monitoring,
         )
@@ -169,22 +172,37 @@ class Manifest:
 
     @classmethod
     def from_dict(cls, body: object, *, source: Path | str = MANIFEST_FILE) -> Manifest:
-        """Check the format version, then the fields; errors name ``source`` in one line."""
+        """Check the format version, then the fields; errors name ``source`` in one line.
+
+        A ``monitoring`` section that cannot be used (malformed, or not calibrating exactly the
+        manifest's features) is dropped with a warning: the version is served with its
+        detectors off, as one published before they existed."""
         if not isinstance(body, dict):
             raise ArtifactError(f"{source}: not a JSON object")
         found = body.get("format_version")
-        if found not in KNOWN_FORMATS:
+        if type(found) is not int or found not in KNOWN_FORMATS:
             raise ArtifactError(
                 f"{source}: format_version {found!r} is not one this server reads "
                 f"(it reads format {', '.join(map(str, KNOWN_FORMATS))}); "
                 "serve it with a matching release or retrain"
             )
+        fields = {k: v for k, v in body.items() if k != "monitoring"}
+        manifest = _validated(_ADAPTER, fields, source)
+        if set(manifest.reference.features) != set(manifest.feature_names):
+            raise ArtifactError(
+                f"{source}: invalid manifest at reference.features: its features are not "
+                "feature_names"
+            )
+        if body.get("monitoring") is None:
+            return manifest
         try:
-            return _ADAPTER.validate_python(body)
-        except ValidationError as exc:
-            first = exc.errors()[0]
-            where = ".".join(str(part) for part in first["loc"])
-            raise ArtifactError(f"{source}: invalid manifest at {where}: {first['msg']}") from None
+            monitoring = _validated(_CALIBRATION, body["monitoring"], source)
+            if set(monitoring.drift) != set(manifest.feature_names):
+                raise ArtifactError(f"{source}: monitoring.drift does not list feature_names")
+        except ArtifactError as exc:
+            log.warning("%s; the collapse/drift detectors will be off", exc)
+            return manifest
+        return replace(manifest, monitoring=monitoring)
 
     @classmethod
     def load(cls, version_dir: Path) -> Manifest:
@@ -197,14 +215,25 @@ class Manifest:
             body = json.loads(path.read_text())
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise ArtifactError(f"{path}: unreadable manifest ({exc})") from None
-        if isinstance(body, dict) and not isinstance(body.get("files"), dict):
-            raise ArtifactError(f"{path}: no 'files' checksum table")
         manifest = cls.from_dict(body, source=path)
+        if not isinstance(body, dict) or not isinstance(body.get("files"), dict):
+            raise ArtifactError(f"{path}: no 'files' checksum table")
         _verify_files(version_dir, manifest.files)
         return manifest
 
 
 _ADAPTER: TypeAdapter[Manifest] = TypeAdapter(Manifest)
+_CALIBRATION: TypeAdapter[Calibration] = TypeAdapter(Calibration)
+
+
+def _validated(adapter: TypeAdapter[_T], body: object, source: Path | str) -> _T:
+    """``body`` as the adapter's type; the first problem, named in one line, otherwise."""
+    try:
+        return adapter.validate_python(body)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(part) for part in first["loc"])
+        raise ArtifactError(f"{source}: invalid manifest at {where}: {first['msg']}") from None
 
 
 def sha256_file(path: Path) -> str:

@@ -25,11 +25,13 @@ import tensorflow as tf
 from monitoring.calibration import calibrate
 from monitoring.reference import Calibration, FeatureReference
 from training import guard
-from training.artifacts import MODEL_FILE, SCALER_FILE, new_version_name, publish
+from training.artifacts import new_version_name, publish
 from training.callbacks import EpochProgress, GradientNorms
 from training.config import TrainConfig
 from training.distribute import fit_multiworker, is_chief, make_strategy, split_cpu
 from training.manifest import (
+    MODEL_FILE,
+    SCALER_FILE,
     Environment,
     GuardRecord,
     Imputation,
@@ -120,8 +122,10 @@ class Reports:
             history=self.fitted.history,
             grad_norms=self.fitted.gradient_norms,
         )
-        # The manifest without its checksum table (publish computes it after this is written).
-        manifest = {k: v for k, v in self.manifest.to_dict().items() if k != "files"}
+        # The manifest as it stands before publication seals it (no version, format or
+        # checksums: the report is written before them, and manifest.json carries them).
+        sealed = ("files", "version", "format_version")
+        manifest = {k: v for k, v in self.manifest.to_dict().items() if k not in sealed}
         report = {
             **manifest,
             "history": self.fitted.history,

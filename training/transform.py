@@ -20,9 +20,8 @@ from dataclasses import dataclass
 import numpy as np
 from sklearn.preprocessing import StandardScaler
 
+from training.config import TARGET_MODES
 from training.manifest import TransformSpec
-
-TARGET_MODES = ("delta", "level")
 
 
 def fit_scaler(train_values: np.ndarray, *, scaling: bool = True) -> StandardScaler:
