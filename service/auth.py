@@ -5,11 +5,12 @@ from __future__ import annotations
 import asyncio
 import hmac
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 
-from service.errors import Context, Continuation, Handler
+if TYPE_CHECKING:
+    from service.errors import Context, Continuation, Handler
 
 OPEN_PREFIXES = ("/grpc.health.v1.Health/",)
 

@@ -14,7 +14,7 @@ import inspect
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 import grpc
 
@@ -79,10 +79,11 @@ async def _checked(request_iterator: AsyncIterator[Any]) -> AsyncIterator[Any]:
 
 
 Recorder = Callable[[str, grpc.StatusCode, float], None]
-# What a server interceptor receives and returns.
-Handler = grpc.RpcMethodHandler[Any, Any]
-Context = grpc.aio.ServicerContext[Any, Any]
-Continuation = Callable[[grpc.HandlerCallDetails], Awaitable[Handler | None]]
+if TYPE_CHECKING:  # grpc's classes are generic in its stubs only
+    # What a server interceptor receives and returns.
+    Handler: TypeAlias = grpc.RpcMethodHandler[Any, Any]
+    Context: TypeAlias = grpc.aio.ServicerContext[Any, Any]
+    Continuation: TypeAlias = Callable[[grpc.HandlerCallDetails], Awaitable[Handler | None]]
 
 
 def _short_method(full: str) -> str:
