@@ -159,7 +159,8 @@ def test_missing_data_file_exits_2(capsys, tmp_path):
 
 
 def test_bad_columns_exit_2_naming_them(capsys, mixed_csv, tmp_path):
-    exit_code = main(["--data", str(mixed_csv), "--target", "load", "--output", str(tmp_path)])
+    argv = ["--data", str(mixed_csv), "--target", "load", "--features", "temp,site,spare"]
+    exit_code = main([*argv, "--output", str(tmp_path)])
 
     assert exit_code == 2
     err = capsys.readouterr().err

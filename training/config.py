@@ -119,6 +119,13 @@ class TrainConfig:
         "this on validation or test",
         type=float,
     )
+    allow_worse_than_baselines: bool = _flag(
+        False,
+        OUTPUT,
+        "publish even a model that does not beat persistence, or seasonal naive at a detected "
+        "period, on validation (for comparisons and tests)",
+        action="store_true",
+    )
     allow_collapsed: bool = _flag(
         False,
         OUTPUT,

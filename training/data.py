@@ -1,4 +1,5 @@
-"""Input data: the built-in synthetic series, CSV loading, imputation and the chronological split.
+"""Input data: the series type, the built-in synthetic series, imputation and the chronological
+split (CSV files are read by :mod:`training.table`).
 
 Everything here works on a plain ``[rows, features]`` float64 matrix in time order. Nothing in
 this module looks at more than the training split when it estimates a statistic.
@@ -6,17 +7,13 @@ this module looks at more than the training split when it estimates a statistic.
 
 from __future__ import annotations
 
-import csv
 import math
 from dataclasses import dataclass
-from datetime import UTC, datetime
-from pathlib import Path
 
 import numpy as np
 
-
-class DataError(ValueError):
-    """A user-facing problem with the input data; the message is one line and names the culprit."""
+from training.errors import DataError as DataError
+from training.timeaxis import TimeAxis
 
 
 @dataclass(frozen=True)
@@ -26,7 +23,11 @@ class Series:
     values: np.ndarray  # float64, [rows, features]
     feature_names: tuple[str, ...]
     target: str
-    timestamps: tuple[str, ...] | None = None
+    timestamps: tuple[str, ...] | None = None  # per row; "" where the grid had no row
+    time: TimeAxis | None = None  # the time column and its step, when there is one
+    dropped: tuple[tuple[str, str], ...] = ()  # (column, why it is not an input)
+    features_named: bool = False  # the inputs were chosen with --features
+    monotonic_inputs: tuple[str, ...] = ()  # inputs kept although they rise or fall strictly
 
     @property
     def target_index(self) -> int:
@@ -112,122 +113,6 @@ def _ar1(rng: np.random.Generator, n: int, *, phi: float, sigma: float) -> np.nd
 
 
 # --------------------------------------------------------------------------------------------
-# CSV
-# --------------------------------------------------------------------------------------------
-
-
-def load_csv(
-    path: str | Path,
-    target: str,
-    features: list[str] | None = None,
-    time_column: str | None = None,
-) -> Series:
-    """Read a CSV with a header row.
-
-    The target is always an input feature too (the model is autoregressive), and comes first
-    unless ``features`` places it elsewhere. Without ``features``, every column except the time
-    column is used. Empty cells are missing values. Rows are sorted by ``time_column`` when given.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"--data: no such file: {path}")
-    try:
-        with path.open(newline="", encoding="utf-8") as handle:
-            rows = list(csv.reader(handle))
-    except (OSError, UnicodeDecodeError, csv.Error) as exc:
-        raise DataError(f"--data: cannot read {path}: {exc}") from None
-    if not rows or not rows[0]:
-        raise DataError(f"--data: {path} is empty")
-    header = [name.strip() for name in rows[0]]
-    body = [row for row in rows[1:] if any(cell.strip() for cell in row)]
-    if len(set(header)) != len(header):
-        raise DataError(f"--data: {path} has duplicate column names")
-    wanted = [time_column] if time_column else []
-    names = list(features) if features else [h for h in header if h != time_column]
-    duplicated = sorted({n for n in names if names.count(n) > 1})
-    if duplicated:
-        raise DataError(f"--features lists column(s) more than once: {', '.join(duplicated)}")
-    if target not in names:
-        names.insert(0, target)
-    missing = [n for n in [*wanted, *names] if n not in header]
-    if missing:
-        raise DataError(
-            f"--data: column(s) not in {path.name}: {', '.join(missing)} "
-            f"(available: {', '.join(header)})"
-        )
-    if time_column and time_column in names:
-        raise DataError(f"--time-column {time_column} cannot also be a feature")
-
-    columns: dict[str, list[str]] = {h: [] for h in header}
-    for lineno, row in enumerate(body, start=2):
-        if len(row) != len(header):
-            raise DataError(
-                f"--data: line {lineno} of {path.name} has {len(row)} fields, "
-                f"expected {len(header)}"
-            )
-        for h, cell in zip(header, row, strict=True):
-            columns[h].append(cell.strip())
-
-    parsed: list[np.ndarray] = []
-    non_numeric: list[str] = []
-    empty: list[str] = []
-    for name in names:
-        col = _parse_numeric(columns[name])
-        if col is None:
-            non_numeric.append(name)
-        elif np.isnan(col).all():
-            empty.append(name)
-        else:
-            parsed.append(col)
-    problems = []
-    if non_numeric:
-        problems.append(f"non-numeric column(s): {', '.join(non_numeric)}")
-    if empty:
-        problems.append(f"entirely empty column(s): {', '.join(empty)}")
-    if problems:
-        raise DataError(f"--data: {'; '.join(problems)} (choose numeric inputs with --features)")
-
-    values = np.column_stack(parsed) if parsed else np.empty((0, len(names)))
-    timestamps = None
-    if time_column:
-        stamps = columns[time_column]
-        order = np.argsort(_epoch_seconds(stamps, time_column), kind="stable")
-        values = values[order]
-        timestamps = tuple(stamps[i] for i in order)
-    return Series(values=values, feature_names=tuple(names), target=target, timestamps=timestamps)
-
-
-def _epoch_seconds(stamps: list[str], column: str) -> np.ndarray:
-    """ISO-8601 timestamps -> seconds since the epoch; naive times are taken as UTC."""
-    out = np.empty(len(stamps))
-    for i, stamp in enumerate(stamps):
-        try:
-            moment = datetime.fromisoformat(stamp)
-        except ValueError:
-            what = "is empty" if not stamp else f"{stamp!r} is not an ISO-8601 timestamp"
-            raise DataError(f"--time-column {column}: data row {i + 1} {what}") from None
-        if moment.tzinfo is None:
-            moment = moment.replace(tzinfo=UTC)
-        out[i] = moment.timestamp()
-    return out
-
-
-def _parse_numeric(cells: list[str]) -> np.ndarray | None:
-    out = np.empty(len(cells))
-    for i, cell in enumerate(cells):
-        if cell == "" or cell.lower() in {"nan", "na", "null"}:
-            out[i] = np.nan
-            continue
-        try:
-            out[i] = float(cell)
-        except ValueError:
-            return None
-    if np.isinf(out).any():
-        return None
-    return out
-
-
-# --------------------------------------------------------------------------------------------
 # Split and imputation
 # --------------------------------------------------------------------------------------------
 
@@ -238,19 +123,33 @@ def chronological_split(
     """Split rows in time order; nothing is shuffled. Each part must hold ``min_rows`` rows."""
     if not (0 < val_fraction < 1 and 0 < test_fraction < 1 and val_fraction + test_fraction < 1):
         raise DataError("--val-fraction and --test-fraction must be in (0, 1) and sum below 1")
+    split = _split(n_rows, val_fraction, test_fraction)
+    for name, (lo, hi) in (("train", split.train), ("validation", split.val), ("test", split.test)):
+        if hi - lo < min_rows:
+            needed = _rows_needed(val_fraction, test_fraction, min_rows)
+            raise DataError(
+                f"{n_rows} rows are too few: the {name} split has {hi - lo} rows but needs at "
+                f"least {min_rows} (window + horizon + 1), so at least {needed} rows are needed "
+                "with these split fractions; supply more data or shrink --window/--horizon"
+            )
+    return split
+
+
+def _split(n_rows: int, val_fraction: float, test_fraction: float) -> Split:
     n_test = int(round(n_rows * test_fraction))
     n_val = int(round(n_rows * val_fraction))
     n_train = n_rows - n_val - n_test
-    split = Split(
-        train=(0, n_train), val=(n_train, n_train + n_val), test=(n_train + n_val, n_rows)
-    )
-    for name, (lo, hi) in (("train", split.train), ("validation", split.val), ("test", split.test)):
-        if hi - lo < min_rows:
-            raise DataError(
-                f"the {name} split has {hi - lo} rows but needs at least {min_rows} "
-                f"(window + horizon + 1); supply more data or shrink --window/--horizon"
-            )
-    return split
+    return Split(train=(0, n_train), val=(n_train, n_train + n_val), test=(n_train + n_val, n_rows))
+
+
+def _rows_needed(val_fraction: float, test_fraction: float, min_rows: int) -> int:
+    """The fewest rows whose chronological split gives every part ``min_rows`` rows."""
+    n = 3 * min_rows
+    while True:
+        split = _split(n, val_fraction, test_fraction)
+        if min(hi - lo for lo, hi in (split.train, split.val, split.test)) >= min_rows:
+            return n
+        n += 1
 
 
 def impute(

@@ -29,6 +29,7 @@ from typing import Any, TypeVar
 from pydantic import TypeAdapter, ValidationError
 
 from monitoring.reference import Calibration, FeatureReference, MonitorSpec
+from training.baselines import Baselines
 from training.guard import SplitMetrics
 
 log = logging.getLogger(__name__)
@@ -55,6 +56,18 @@ class TransformSpec:
     mode: str  # "delta" or "level"
     target_index: int  # the target's column among the features
     step_scale: tuple[float, ...]  # per horizon step, in scaled target units
+
+
+@dataclass(frozen=True, kw_only=True)
+class DataRecord:
+    """What training made of its CSV: the time axis and the columns that are not inputs."""
+
+    time_column: str | None  # None: no time column (rows taken in file order)
+    time_kind: str | None  # "datetime" or "integer"
+    step: str | None  # ISO-8601 duration ("P1D", "PT30M", "P1M") or an integer step ("1")
+    start: str | None  # the first timestamp
+    inserted_rows: int  # missing timestamps filled with rows of missing values
+    dropped_columns: Mapping[str, str]  # column -> why it is not an input
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -138,6 +151,8 @@ class Manifest:
     guard: GuardRecord
     training: TrainingRecord
     environment: Environment
+    data: DataRecord | None = None  # None: the built-in synthetic series, or published before
+    baselines: Baselines | None = None  # None: published before baselines were scored
     fault: Fault | None = None
     files: Mapping[str, str] = field(default_factory=dict)  # file name -> sha256, set by publish
     version: str = ""  # set by publish

@@ -28,10 +28,12 @@ from training import guard
 from training.artifacts import new_version_name, publish
 from training.callbacks import EpochProgress, GradientNorms
 from training.config import TrainConfig
+from training.data import Series
 from training.distribute import fit_multiworker, is_chief, make_strategy, split_cpu
 from training.manifest import (
     MODEL_FILE,
     SCALER_FILE,
+    DataRecord,
     Environment,
     GuardRecord,
     Imputation,
@@ -406,6 +408,21 @@ def build_manifest(
         guard=_guard_record(config, judgement),
         training=_training_record(config, prepared, fitted, duration),
         environment=_environment(),
+        data=_data_record(config, series),
+    )
+
+
+def _data_record(config: TrainConfig, series: Series) -> DataRecord | None:
+    if config.data is None:
+        return None
+    time = series.time
+    return DataRecord(
+        time_column=time.column if time else None,
+        time_kind=time.kind if time else None,
+        step=time.step if time else None,
+        start=time.start if time else None,
+        inserted_rows=time.inserted if time else 0,
+        dropped_columns=dict(series.dropped),
     )
 
 

@@ -14,8 +14,11 @@ from pathlib import Path
 
 from training.cli import EXIT_USAGE, Parser
 from training.config import TrainConfig
-from training.data import DataError, load_csv, synthetic_series
+from training.data import DataError, Series, synthetic_series
 from training.prepare import Prepared, prepare
+from training.table import load_csv
+
+log = logging.getLogger("training")
 
 PROG = "python -m training.train"
 
@@ -60,6 +63,8 @@ def main(argv: list[str] | None = None) -> int:
     except DataError as exc:
         return _usage_error(str(exc))
 
+    _describe_data(prepared.series, config)
+
     from training.run import fit_and_publish  # deferred: imports TensorFlow
 
     return fit_and_publish(prepared, config)
@@ -95,6 +100,32 @@ def _load_and_prepare(config: TrainConfig) -> Prepared:
         target_mode=config.target_mode,
         scaling=not config.no_scaling,
     )
+
+
+def _describe_data(series: Series, config: TrainConfig) -> None:
+    """What was made of the CSV, once all of it was found usable: the time axis, the columns
+    that are not inputs, and inputs that will drift by construction."""
+    if config.data is None:
+        return
+    if series.time is not None:
+        inserted = series.time.inserted
+        log.info(
+            "time column: %s%s",
+            series.time.describe(),
+            f"; {inserted} missing timestamps became rows of missing values" if inserted else "",
+        )
+    elif config.time_column is None:
+        log.info(
+            "time column: none found, rows are taken in file order (or name one with --time-column)"
+        )
+    for name, reason in series.dropped:
+        log.info("not an input: %s (%s)", name, reason)
+    for name in series.monotonic_inputs:
+        log.warning(
+            "input %s rises or falls strictly over the training split: it will leave its "
+            "training range, and be flagged as drifted, by construction",
+            name,
+        )
 
 
 def _check_output(output: Path) -> None:
