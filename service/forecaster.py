@@ -27,8 +27,10 @@ class BatchResult:
 
     forecasts: np.ndarray  # [n, horizon] float64, target units
     raw_output: np.ndarray  # [n, horizon] float32, before the inverse transform
-    inputs: np.ndarray  # [n, window, features] float32, scaled model inputs
+    inputs: np.ndarray  # [n, steps, channels] float32, the model's inputs
     model_seconds: float
+    # [n, features] float64: one row per window of what the model saw, for the detectors
+    monitored: np.ndarray | None = None
 
 
 class Forecaster:
@@ -37,7 +39,7 @@ class Forecaster:
         self.transform = artifacts.transform()
         self.buckets = tuple(sorted(buckets))
         model = artifacts.model
-        spec = tf.TensorSpec([None, artifacts.window, len(artifacts.feature_names)], tf.float32)
+        spec = tf.TensorSpec([None, self.transform.steps, self.transform.channels], tf.float32)
 
         @tf.function(input_signature=[spec], jit_compile=jit_compile)  # type: ignore[untyped-decorator]
         def call(x: tf.Tensor) -> tf.Tensor:
@@ -65,7 +67,8 @@ class Forecaster:
             if stop is not None and stop.is_set():
                 log.info("warm-up interrupted")
                 break
-            self._call(np.zeros((size, self.window, self.n_features), np.float32)).numpy()
+            shape = (size, self.transform.steps, self.transform.channels)
+            self._call(np.zeros(shape, np.float32)).numpy()
         seconds = time.perf_counter() - started
         log.info("warmed up %d batch buckets %s in %.1fs", len(self.buckets), self.buckets, seconds)
         return seconds
@@ -93,4 +96,5 @@ class Forecaster:
             outputs.append(self._call(chunk).numpy()[: min(largest, len(x) - lo)])
         raw = np.concatenate(outputs)
         forecasts = self.transform.decode(raw, anchors)
-        return BatchResult(forecasts, raw, x, time.perf_counter() - started)
+        seconds = time.perf_counter() - started
+        return BatchResult(forecasts, raw, x, seconds, self.transform.monitored_rows(x))

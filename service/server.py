@@ -256,7 +256,8 @@ def _batch_observers(
     if monitor is not None:
 
         def observe(result: BatchResult) -> None:
-            monitor.observe(result.inputs[:, -1, :], result.raw_output, result.forecasts)
+            rows = result.monitored if result.monitored is not None else result.inputs[:, -1, :]
+            monitor.observe(rows, result.raw_output, result.forecasts)
 
         observers.append(observe)
     return tuple(observers)

@@ -14,6 +14,7 @@ from service.batching import MicroBatcher
 from service.convert import response_from_forecasts, windows_from_request
 from service.errors import InvalidWindow
 from service.forecaster import Forecaster
+from training.baselines import Baselines
 
 # Messages of one stream that may be in the model pipeline at once.
 STREAM_IN_FLIGHT = 32
@@ -156,4 +157,33 @@ def model_info(
         max_windows_per_request=max_windows_per_request,
         created_at=manifest.created_at,
         device=device,
+        **_baseline_fields(manifest.baselines),
     )
+
+
+def _baseline_fields(baselines: Baselines | None) -> dict[str, Any]:
+    """ModelInfo's baseline fields: every score, and the best statistical baseline on
+    validation with whether it beat the model. Nothing for versions trained before them."""
+    if baselines is None:
+        return {}
+    fields: dict[str, Any] = {
+        "baselines": [
+            pb.BaselineScore(
+                name=s.name,
+                period=s.period or 0,
+                val_mae=s.val_mae,
+                test_mae=s.test_mae,
+                statistical=s.statistical,
+            )
+            for s in baselines.scores
+        ],
+        "seasonal_periods": list(baselines.periods),
+        "one_step_validation_mae": baselines.model_val_mae or 0.0,
+        "one_step_test_mae": baselines.model_test_mae or 0.0,
+    }
+    best = baselines.best_statistical("val")
+    if best is not None:
+        fields["best_statistical_baseline"] = best.name
+        model = baselines.model_val_mae
+        fields["best_statistical_baseline_beats_model"] = model is not None and best.val_mae < model
+    return fields

@@ -169,9 +169,14 @@ def test_manifest_reference_statistics_are_complete(manifest):
         assert len(stats["deciles"]) == 9, name
         assert stats["deciles"] == sorted(stats["deciles"]), name
         assert stats["min"] <= stats["deciles"][0] <= stats["deciles"][-1] <= stats["max"], name
-    # Reference statistics are in scaled units: the training split is standardised.
-    assert features["load"]["mean"] == pytest.approx(0.0, abs=1e-6)
-    assert features["load"]["std"] == pytest.approx(1.0, abs=1e-6)
+    # Reference statistics are of what the model sees, one row per training window. Level
+    # inputs are standardised on the training split; the relative target input is the last
+    # change of a window divided by relative_scale, so it centres on 0 but is not unit-scaled.
+    for name in manifest["feature_names"]:
+        assert features[name]["mean"] == pytest.approx(0.0, abs=0.1), name
+    assert features["temperature"]["std"] == pytest.approx(1.0, abs=0.1)
+    relative_scale = manifest["transform"]["relative_scale"]
+    assert 0 < features["load"]["std"] < 1.0 / relative_scale
     assert features["load"]["raw_mean"] > 10_000
     prediction_std = manifest["reference"]["validation_prediction_std"]
     assert len(prediction_std) == manifest["horizon"]

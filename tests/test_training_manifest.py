@@ -31,13 +31,23 @@ def rewrite_manifest(version_dir, change) -> None:
     path.write_text(json.dumps(body))
 
 
-def test_format1_manifest_round_trips_to_the_same_json(format1_version):
+def test_format1_manifest_is_migrated_with_its_meaning(format1_version):
+    """Format 1 fed every input as a scaled level over the whole window: format 2 says so."""
     on_disk = json.loads((format1_version / "manifest.json").read_text())
 
     manifest = Manifest.load(format1_version)
 
-    assert manifest.format_version == 1
-    assert manifest.to_dict() == on_disk
+    assert manifest.format_version == 2
+    transform = manifest.transform
+    assert (transform.inputs, transform.steps, transform.lags) == ("level", manifest.window, ())
+    assert transform.relative_scale == 1.0
+    migrated = {
+        **on_disk,
+        "transform": {**on_disk["transform"], **manifest.to_dict()["transform"]},
+        "training": {**on_disk["training"], "seasonal_periods": [], "window_choice": ""},
+        "format_version": 2,
+    }
+    assert manifest.to_dict() == migrated  # nothing else changes
     assert list(manifest.to_dict()) == list(on_disk)  # the same key order too
 
 
@@ -70,7 +80,7 @@ def test_typed_fields_are_read_as_attributes(format1_version):
     assert set(manifest.files) == {"model.keras", "scaler.joblib"}
 
 
-@pytest.mark.parametrize("found", [2, 0, "1", None, True, 1.0])
+@pytest.mark.parametrize("found", [3, 0, "1", None, True, 1.0])
 def test_unknown_format_version_is_refused_in_one_line(format1_copy, found):
     rewrite_manifest(format1_copy, lambda body: body.update(format_version=found))
 
@@ -81,7 +91,7 @@ def test_unknown_format_version_is_refused_in_one_line(format1_copy, found):
     assert "\n" not in message
     assert str(format1_copy / "manifest.json") in message
     assert f"format_version {found!r}" in message
-    assert f"reads format {FORMAT_VERSION}" in message
+    assert f"reads format 1, {FORMAT_VERSION})" in message
 
 
 def test_manifest_without_format_version_is_refused(format1_copy):
@@ -208,7 +218,7 @@ def test_checksums_are_verified_after_the_format(format1_copy):
 
 @pytest.mark.slow
 def test_service_refuses_an_unknown_format_at_start_up_with_exit_2(format1_copy):
-    rewrite_manifest(format1_copy, lambda body: body.update(format_version=2))
+    rewrite_manifest(format1_copy, lambda body: body.update(format_version=3))
 
     result = subprocess.run(
         [sys.executable, "-m", "service", "--artifacts", str(format1_copy)]
@@ -222,7 +232,8 @@ def test_service_refuses_an_unknown_format_at_start_up_with_exit_2(format1_copy)
     assert result.returncode == 2
     last = result.stderr.strip().splitlines()[-1]
     assert last == (
-        f"python -m service: error: {format1_copy / 'manifest.json'}: format_version 2 is not "
-        "one this server reads (it reads format 1); serve it with a matching release or retrain"
+        f"python -m service: error: {format1_copy / 'manifest.json'}: format_version 3 is not "
+        "one this server reads (it reads format 1, 2); serve it with a matching release or "
+        "retrain"
     )
     assert "Traceback" not in result.stderr

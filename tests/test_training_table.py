@@ -225,7 +225,7 @@ BAD_INPUTS = {
     "empty file": (b"", "is empty"),
     "header without rows": (b"date,y\n", "has a header but no data rows"),
     "too few rows": (
-        lines("date,y", *(f"{d},{i}" for i, d in enumerate(weekly(40)))).encode(),
+        lines("date,y", *(f"{d},{i}" for i, d in enumerate(weekly(12)))).encode(),
         "rows are needed",
     ),
     "target missing": (b"date,x\n2020-01-01,1\n", "column(s) not in data.csv: y"),

@@ -32,10 +32,12 @@ from training.manifest import (
     SCALER_FILE,
     ArtifactError,
     Manifest,
+    request_window,
 )
 
 if TYPE_CHECKING:
     from training.transform import WindowTransform
+
 
 __all__ = [
     "ArtifactError",
@@ -174,11 +176,13 @@ def _cross_check(version_dir: Path, manifest: Manifest, model: Any, scaler: Any)
             f"{version_dir / SCALER_FILE}: scaler expects {scaler_features} features, "
             f"manifest lists {n_features}"
         )
+    spec = manifest.transform
+    steps, channels = spec.steps or window, spec.channels(n_features)
     in_shape = tuple(model.input_shape)
-    if in_shape[1:] != (window, n_features):
+    if in_shape[1:] != (steps, channels) or request_window(steps, spec.lags) != window:
         raise ArtifactError(
             f"{version_dir / MODEL_FILE}: model input shape {in_shape[1:]} disagrees with "
-            f"manifest window {window} x {n_features} features"
+            f"manifest window {window} ({steps} steps) x {channels} channels"
         )
     out_shape = tuple(model.output_shape)
     if out_shape[1:] != (horizon,):
@@ -186,6 +190,5 @@ def _cross_check(version_dir: Path, manifest: Manifest, model: Any, scaler: Any)
             f"{version_dir / MODEL_FILE}: model output shape {out_shape[1:]} disagrees with "
             f"manifest horizon {horizon}"
         )
-    spec = manifest.transform
     if not 0 <= spec.target_index < n_features or len(spec.step_scale) != horizon:
         raise ArtifactError(f"{version_dir / MANIFEST_FILE}: transform section is inconsistent")

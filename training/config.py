@@ -19,8 +19,15 @@ DISTRIBUTE_CHOICES = ("none", "mirrored", "multiworker")
 TARGET_MODES = ("delta", "level")
 """The values of ``--target-mode``; :class:`training.transform.WindowTransform` implements them."""
 
+INPUT_MODES = ("relative", "level")
+"""The values of ``--inputs``; :class:`training.transform.WindowTransform` implements them."""
+
 # Flag groups, in the order --help shows them.
 DATA, MODEL, OPTIMISATION, OUTPUT = "data", "model", "optimisation", "collapse guard and output"
+
+
+def _window(text: str) -> int | str:
+    return "auto" if text == "auto" else int(positive(int)(text))
 
 
 def _layer_sizes(text: str) -> tuple[int, ...]:
@@ -62,7 +69,14 @@ class TrainConfig:
     test_fraction: float = _flag(
         0.15, DATA, "chronological test share (the last rows)", type=fraction
     )
-    window: int = _flag(48, DATA, "input window length", type=positive(int))
+    window: int | str = _flag(
+        "auto",
+        DATA,
+        "rows of history the LSTM runs over: auto chooses from the seasonal periods found in "
+        "the training split (and adds the target one period back for periods longer than the "
+        "LSTM's rows), or a number of rows",
+        type=_window,
+    )
     horizon: int = _flag(1, DATA, "steps forecast per window", type=positive(int))
     target_mode: str = _flag(
         "delta",
@@ -70,6 +84,13 @@ class TrainConfig:
         "delta: predict the change from the window's last target value "
         "(persistence-relative, robust to trend); level: predict scaled levels",
         choices=TARGET_MODES,
+    )
+    inputs: str = _flag(
+        "relative",
+        DATA,
+        "relative: the target's inputs relative to its last observed value (stays in range on "
+        "a trend); level: scaled levels (format 1's transform, for comparisons)",
+        choices=INPUT_MODES,
     )
     no_scaling: bool = _flag(
         False,

@@ -99,7 +99,8 @@ def synthetic_series(
         holes = rng.random(n_steps) < missing
         holes[0] = False
         values[holes, col] = np.nan
-    return Series(values=values, feature_names=SYNTHETIC_FEATURES, target="load")
+    hourly = TimeAxis("", "datetime", "PT1H", "the built-in hourly series", "", 0)
+    return Series(values=values, feature_names=SYNTHETIC_FEATURES, target="load", time=hourly)
 
 
 def _ar1(rng: np.random.Generator, n: int, *, phi: float, sigma: float) -> np.ndarray:

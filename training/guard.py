@@ -1,17 +1,24 @@
-"""The collapse guard: evaluation against baselines, the collapse verdict, and its diagnosis."""
+"""The guard: evaluation against baselines, the collapse verdict and its diagnosis, and the
+refusal of models that do not beat persistence or seasonal naive on validation."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
 from pydantic import computed_field
+
+from training.baselines import Baselines, BaselineScore
 
 # A layer whose gradient is this many times smaller than the head's has stopped learning.
 VANISHING_RATIO = 1e-3
 VANISHING_ABS = 1e-7
 # Inputs whose training mean or std (in model-input units) exceeds this were not scaled.
 UNSCALED_LIMIT = 10.0
+# A feature with more than this share of its validation inputs outside their training range
+# has left it (a trend, or a level shift).
+OUT_OF_RANGE_SHARE = 0.05
 
 
 @dataclass(frozen=True)
@@ -130,9 +137,17 @@ def diagnose(
     dropout: float,
     units: tuple[int, ...],
     target_std: float,
+    anchor_period: int = 0,
 ) -> list[str]:
     """Name the likely causes of a collapse that the run's own evidence supports."""
     causes = []
+    if anchor_period:
+        causes.append(
+            "the network adds next to nothing to its anchor, the last value plus the change "
+            f"one period ({anchor_period} steps) earlier: that one-line forecast does as well "
+            "and is already among the baselines; the rest of the change looked unpredictable "
+            "from the window (try --window or more --units, or use the baseline)"
+        )
     big = [
         f
         for f, m, s in zip(feature_names, input_mean, input_std, strict=True)
@@ -166,3 +181,129 @@ def diagnose(
             "--units or epochs, and compare --target-mode delta vs level"
         )
     return causes
+
+
+# ---- baselines ---------------------------------------------------------------------------------
+
+
+def baselines_not_beaten(model_val_mae: float, baselines: Baselines) -> list[str]:
+    """Why the model is refused: on validation its one-step MAE is not below persistence's, or
+    not below the best seasonal naive's over the detected periods. Empty when it beats both.
+
+    Each reason names the baseline that won and by how much."""
+    reasons = []
+    rivals: list[tuple[str, BaselineScore | None]] = [
+        ("persistence", baselines.persistence),
+        ("seasonal naive", baselines.best_seasonal_naive("val")),
+    ]
+    for label, rival in rivals:
+        if rival is None or model_val_mae < rival.val_mae:
+            continue
+        where = f" at period {rival.period}" if rival.period else ""
+        reasons.append(
+            f"{label}{where} beat the model on validation: MAE {rival.val_mae:.4g} vs the "
+            f"model's {model_val_mae:.4g} (the model's is {_ratio(model_val_mae, rival.val_mae)} "
+            "of it)"
+        )
+    return reasons
+
+
+def baseline_causes(
+    *,
+    baselines: Baselines,
+    model_val_mae: float,
+    steps: int,
+    lags: tuple[int, ...],
+    inputs_out_of_range: Mapping[str, float],
+    epochs_run: int,
+    max_epochs: int,
+    best_epoch: int,
+) -> list[str]:
+    """Name the likely causes of losing to the baselines that the run's own evidence supports.
+
+    ``steps`` is the rows the LSTM runs over and ``lags`` its seasonal lag channels: it sees a
+    period no longer than ``steps`` or in ``lags``. ``inputs_out_of_range`` is, per input
+    feature, the share of its validation inputs (model units) outside their training range."""
+    causes = []
+    left = {f: share for f, share in inputs_out_of_range.items() if share > OUT_OF_RANGE_SHARE}
+    if left:
+        shares = ", ".join(f"{share:.0%} of {f}'s" for f, share in left.items())
+        causes.append(
+            "trend or level shift pushed inputs out of their training range: "
+            f"{shares} validation inputs lie outside it, so the model extrapolates"
+        )
+    unseen = sorted(
+        {
+            s.period
+            for s in baselines.scores
+            if s.period is not None
+            and s.period > steps
+            and s.period not in lags
+            and not s.statistical
+            and s.val_mae < model_val_mae
+        }
+    )
+    if unseen:
+        causes.append(
+            f"window shorter than the season: the model sees {steps} steps and no lag at "
+            f"period {', '.join(map(str, unseen))}, where seasonal baselines beat it (use "
+            f"--window auto, or at least {unseen[-1]})"
+        )
+    if epochs_run < 5 or best_epoch >= epochs_run:
+        causes.append(
+            f"too few epochs: ran {epochs_run}/{max_epochs} and validation loss was still "
+            "improving at the end (raise --epochs)"
+        )
+    if not causes:
+        causes.append(
+            "no single cause stood out: the series may be close to a random walk at this "
+            "horizon (persistence is then hard to beat); compare the baselines in report.png"
+        )
+    return causes
+
+
+def share_outside_range(train_inputs: np.ndarray, inputs: np.ndarray) -> np.ndarray:
+    """Per feature, the share of ``inputs`` ``[n, window, features]`` outside the range of
+    ``train_inputs`` (same layout)."""
+    if inputs.size == 0 or train_inputs.size == 0:
+        return np.zeros(inputs.shape[-1])
+    flat_train = train_inputs.reshape(-1, train_inputs.shape[-1])
+    flat = inputs.reshape(-1, inputs.shape[-1])
+    lo, hi = flat_train.min(axis=0), flat_train.max(axis=0)
+    return np.asarray(((flat < lo) | (flat > hi)).mean(axis=0), dtype=np.float64)
+
+
+def comparison_lines(baselines: Baselines) -> list[str]:
+    """How the model compares with the baselines, in plain lines for the end of a run: its
+    validation and test MAE against persistence and seasonal naive, and a NOTE when a fitted
+    statistical model beat it on validation."""
+    model = {"val": baselines.model_val_mae, "test": baselines.model_test_mae}
+    seasonal = baselines.best_seasonal_naive("val")
+    lines = []
+    for split, label in (("val", "validation"), ("test", "test")):
+        mae = model[split]
+        if mae is None:
+            continue
+        parts = [f"{_ratio(mae, baselines.persistence.mae(split))} persistence"]
+        if seasonal is not None:
+            parts.append(
+                f"{_ratio(mae, seasonal.mae(split))} seasonal naive (period {seasonal.period})"
+            )
+        best = baselines.best(split)
+        if best.label not in ("persistence", seasonal.label if seasonal else ""):
+            parts.append(f"{_ratio(mae, best.mae(split))} the best baseline, {best.label}")
+        lines.append(f"{label}: one-step MAE {mae:.4g} = {', '.join(parts)}")
+    rival = baselines.best_statistical("val")
+    val_mae = model["val"]
+    if rival is not None and val_mae is not None and rival.val_mae < val_mae:
+        lines.append(
+            f"NOTE: {rival.name} beat this model on validation (MAE "
+            f"{_ratio(rival.val_mae, val_mae)} of the LSTM's); consider it"
+        )
+    return lines
+
+
+def _ratio(numerator: float, denominator: float) -> str:
+    if not denominator > 0 or not np.isfinite(numerator):
+        return "n/a"
+    return f"{numerator / denominator:.2f}x"

@@ -8,12 +8,17 @@ evaluation metrics, the guard's verdict and a record of the training run.
 
 Format versions. ``format_version`` names the layout and meaning of the file. A reader knows
 the formats in :data:`KNOWN_FORMATS` and refuses any other in one line naming the file and both
-versions, before it trusts anything else in the file. Format 1 is what every version published
-so far carries: its sections are those below, and the sections added after the first release
-(``monitoring``, the raw-unit feature statistics) are optional, so every format-1 manifest
-loads. When a change alters what a field means, the format number goes up, and the loader
-migrates the older formats whose meaning it can restate (or refuses them with a message
-saying why and what to do).
+versions, before it trusts anything else in the file. When a change alters what a field
+means, the format number goes up, and the loader migrates the older formats whose meaning it
+can restate (or refuses them with a message saying why and what to do):
+
+- Format 2 (current): the transform records its input channels (``inputs``, ``steps``,
+  ``lags``, ``relative_scale``): the target's inputs relative to its last value, and seasonal
+  lag channels; ``data`` and ``baselines`` record the CSV's time axis and the baselines.
+- Format 1 (before): every input a scaled level over the whole window. It is migrated on load
+  to format 2 with exactly that meaning (``inputs="level"``, ``steps`` = the window, no lags).
+  The sections added after its first release (``monitoring``, the raw-unit feature statistics)
+  are optional, so every format-1 manifest loads.
 """
 
 from __future__ import annotations
@@ -35,8 +40,8 @@ from training.guard import SplitMetrics
 log = logging.getLogger(__name__)
 _T = TypeVar("_T")
 
-FORMAT_VERSION = 1
-KNOWN_FORMATS = (1,)
+FORMAT_VERSION = 2
+KNOWN_FORMATS = (1, 2)
 
 MODEL_FILE = "model.keras"
 SCALER_FILE = "scaler.joblib"
@@ -56,6 +61,18 @@ class TransformSpec:
     mode: str  # "delta" or "level"
     target_index: int  # the target's column among the features
     step_scale: tuple[float, ...]  # per horizon step, in scaled target units
+    # Since format 2 (format 1's meaning as defaults: level inputs over the whole window):
+    inputs: str = "level"  # "relative": the target's inputs relative to its last value
+    steps: int = 0  # rows the LSTM runs over, the last of the window; 0: the whole window
+    lags: tuple[int, ...] = ()  # seasonal lag channels, in periods
+    relative_scale: float = 1.0  # scaled-target units of a relative input
+    anchor_period: int = 0  # 0: the target is the change from the last value; p: from the
+    # last value plus the change at the same phase one period earlier (and one more input
+    # channel: the change over p steps, relative to the last one)
+
+    def channels(self, n_features: int) -> int:
+        """Model input channels: the features, one per lag, one for the seasonal change."""
+        return n_features + len(self.lags) + (1 if self.anchor_period else 0)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -68,6 +85,13 @@ class DataRecord:
     start: str | None  # the first timestamp
     inserted_rows: int  # missing timestamps filled with rows of missing values
     dropped_columns: Mapping[str, str]  # column -> why it is not an input
+
+
+def request_window(steps: int, lags: tuple[int, ...]) -> int:
+    """Rows a window must hold for an LSTM over ``steps`` rows with seasonal lags ``lags``: the
+    change over ``p`` steps at the first step reaches ``p`` rows further back (the lag channel
+    of period ``p``, ``p - 1``)."""
+    return steps + max(lags) if lags else steps
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -116,6 +140,8 @@ class TrainingRecord:
     duration_seconds: float
     windows: Mapping[str, int]  # per split
     imputed_cells: int
+    seasonal_periods: tuple[int, ...] = ()  # found in the training split (format 2)
+    window_choice: str = ""  # how the window was chosen, as logged (format 2)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -201,6 +227,8 @@ class Manifest:
                 f"(it reads format {', '.join(map(str, KNOWN_FORMATS))}); "
                 "serve it with a matching release or retrain"
             )
+        if found == 1:
+            body = _from_format1(body)
         fields = {k: v for k, v in body.items() if k != "monitoring"}
         manifest = _validated(_ADAPTER, fields, source)
         if set(manifest.reference.features) != set(manifest.feature_names):
@@ -239,6 +267,20 @@ class Manifest:
 
 _ADAPTER: TypeAdapter[Manifest] = TypeAdapter(Manifest)
 _CALIBRATION: TypeAdapter[Calibration] = TypeAdapter(Calibration)
+
+
+def _from_format1(body: dict[str, Any]) -> dict[str, Any]:
+    """A format-1 body restated in format 2: level inputs over the whole window, no lags."""
+    restated = {**body, "format_version": 2}
+    if isinstance(body.get("transform"), dict):
+        level: dict[str, Any] = {
+            "inputs": "level",
+            "steps": body.get("window"),
+            "lags": [],
+            "relative_scale": 1.0,
+        }
+        restated["transform"] = {**level, **body["transform"]}
+    return restated
 
 
 def _validated(adapter: TypeAdapter[_T], body: object, source: Path | str) -> _T:

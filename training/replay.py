@@ -74,19 +74,26 @@ def traffic_for(
     transform = artifacts.transform()
     forecasts, raw_output = predict_windows(artifacts.model, transform, windows)
     inputs, _ = transform.encode_windows(windows)
-    return Traffic(inputs[:, -1, :].astype(np.float64), raw_output, forecasts)
+    return Traffic(transform.monitored_rows(inputs), raw_output, forecasts)
 
 
 def drift_scenarios(artifacts: Artifacts) -> dict[str, Callable[[np.ndarray], np.ndarray]]:
     """The input-scale faults the drift detector must catch, as window distortions:
-    x10, /10, already-standardized values sent as raw, and +-3 training stds on each feature."""
+    x10, /10, already-standardized values sent as raw, and +-3 training stds on each feature.
+
+    With relative inputs an offset of the target is not among them: the model sees the target
+    relative to its last value, so a level shift leaves its inputs unchanged (a trend or a
+    level shift is healthy traffic for it, and the forecast moves with the level)."""
     scaler = artifacts.scaler
     cases: dict[str, Callable[[np.ndarray], np.ndarray]] = {
         "x10": lambda w: w * 10.0,
         "div10": lambda w: w / 10.0,
         "standardized_sent_as_raw": lambda w: (w - scaler.mean_) / scaler.scale_,
     }
+    transform = artifacts.manifest.transform
     for i, name in enumerate(artifacts.feature_names):
+        if transform.inputs == "relative" and i == transform.target_index:
+            continue
         for sign in (+1.0, -1.0):
             cases[f"offset_{'+' if sign > 0 else '-'}3std_{name}"] = _offset(
                 i, sign * 3.0 * float(scaler.scale_[i])

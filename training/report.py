@@ -1,4 +1,5 @@
-"""report.png: forecast vs actual on the test split, loss curves, and per-layer gradient norms."""
+"""report.png: forecast vs actual on the test split, loss curves, per-layer gradient norms, and
+the model's validation and test MAE next to every baseline's (divided by persistence's)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from training.baselines import Baselines  # noqa: E402
+
 
 def plot_report(
     path: Path,
@@ -20,10 +23,13 @@ def plot_report(
     persistence: np.ndarray,
     history: dict[str, list[float]],
     grad_norms: dict[str, list[float]],
+    baselines: Baselines | None = None,
     max_points: int = 168,
 ) -> None:
-    """``truth``/``forecast``/``persistence`` are the first horizon step on the test split."""
-    fig, axes = plt.subplots(3, 1, figsize=(11, 11), constrained_layout=True)
+    """``truth``/``forecast``/``persistence`` are the first horizon step on the test split;
+    ``baselines`` (with the model's one-step MAE set) adds the comparison chart."""
+    rows = 4 if baselines is not None else 3
+    fig, axes = plt.subplots(rows, 1, figsize=(11, 11 + 4 * (rows - 3)), constrained_layout=True)
     fig.suptitle(title)
 
     ax = axes[0]
@@ -47,7 +53,7 @@ def plot_report(
     ax = axes[1]
     for key in ("loss", "val_loss"):
         if key in history:
-            ax.plot(np.arange(1, len(history[key]) + 1), history[key], label=key)
+            ax.plot(np.arange(1, len(history[key]) + 1), history[key], label=key, marker=".")
     ax.set_yscale("log")
     ax.set_title("Loss (MSE on the model's scaled target)")
     ax.set_xlabel("epoch")
@@ -61,5 +67,38 @@ def plot_report(
     ax.set_xlabel("epoch")
     ax.legend()
 
+    if baselines is not None:
+        _plot_baselines(axes[3], baselines)
+
     fig.savefig(path, dpi=90)
     plt.close(fig)
+
+
+def _plot_baselines(ax: plt.Axes, baselines: Baselines) -> None:
+    """Horizontal bars: validation and test MAE of the model and of each baseline, divided by
+    persistence's on the same split (below 1 beats persistence)."""
+    names = ["LSTM (this model)"] + [s.label for s in baselines.scores]
+    val = [baselines.model_val_mae] + [s.val_mae for s in baselines.scores]
+    test = [baselines.model_test_mae] + [s.test_mae for s in baselines.scores]
+    persistence = baselines.persistence
+
+    def ratios(values: list[float | None], reference: float) -> np.ndarray:
+        return np.array(
+            [v / reference if v is not None and reference > 0 else np.nan for v in values]
+        )
+
+    y = np.arange(len(names))
+    height = 0.4
+    for offset, values, reference, label in (
+        (-height / 2, val, persistence.val_mae, "validation"),
+        (height / 2, test, persistence.test_mae, "test"),
+    ):
+        bars = ax.barh(y + offset, ratios(values, reference), height, label=label)
+        ax.bar_label(bars, fmt="%.2f", padding=2, fontsize=7)
+    ax.axvline(1.0, color="black", linewidth=0.8, linestyle="--")
+    ax.set_yticks(y, names)
+    ax.invert_yaxis()
+    ax.set_xlabel("one-step MAE / persistence MAE (same points; lower is better)")
+    periods = ", ".join(map(str, baselines.periods)) or "none"
+    ax.set_title(f"Model vs baselines (seasonal periods detected: {periods})")
+    ax.legend(loc="lower right")

@@ -1,8 +1,9 @@
 """Fit, evaluate, judge and publish: the TensorFlow half of ``python -m training.train``.
 
-:func:`fit_and_publish` runs the steps in order: set up the runtime, fit, evaluate, judge,
-calibrate the monitoring, build the manifest, then publish or reject. Each step reads its
-settings from the one :class:`~training.config.TrainConfig`.
+:func:`fit_and_publish` runs the steps in order: set up the runtime, fit, evaluate, score the
+baselines on the model's points, judge, calibrate the monitoring, build the manifest, then
+publish or reject. Each step reads its settings from the one
+:class:`~training.config.TrainConfig`.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import logging
 import platform
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,7 @@ from monitoring.calibration import calibrate
 from monitoring.reference import Calibration, FeatureReference
 from training import guard
 from training.artifacts import new_version_name, publish
+from training.baselines import Baselines, score_baselines
 from training.callbacks import EpochProgress, GradientNorms
 from training.config import TrainConfig
 from training.data import Series
@@ -52,6 +54,8 @@ log = logging.getLogger("training")
 
 EXIT_OK, EXIT_COLLAPSED = 0, 3
 EVALUATED_SPLITS = ("val", "test")
+BASELINE_BUDGET_SECONDS = 60.0
+"""Time the statistical baselines may take (training.baselines skips what does not fit)."""
 
 
 @dataclass(frozen=True)
@@ -90,19 +94,33 @@ class SplitEvaluation:
     """Target units, ``[n, horizon]``."""
     last_value: np.ndarray
     """The window's last target value (the persistence forecast), ``[n]``."""
+    rows: np.ndarray
+    """The row of the whole (train, validation, test) series each first forecast step is for,
+    ``[n]``: the points the baselines are scored on."""
+
+    @property
+    def one_step_mae(self) -> float:
+        """MAE of the first forecast step, comparable with the one-step baselines."""
+        return float(np.mean(np.abs(self.forecast[:, 0] - self.truth[:, 0])))
 
 
 @dataclass(frozen=True)
 class Judgement:
-    """The collapse guard's verdict on a run, and whether it may be published."""
+    """The guard's verdict on a run, and whether it may be published."""
 
     verdict: guard.Verdict
     diverged: bool
     """Non-finite metrics: never published, not even with ``allow_collapsed``."""
     vanishing_layers: list[str]
     """Layers whose gradients vanished (recorded; not a reason to reject on their own)."""
+    baselines: Baselines
+    """The baselines on the model's points, with the model's one-step MAE and, in
+    ``guard_reasons``, those it did not beat on validation."""
     rejected: bool
-    """Diverged, or collapsed without ``allow_collapsed``: nothing is published."""
+    """Diverged; collapsed without ``allow_collapsed``; or not collapsed but worse than
+    persistence or seasonal naive on validation without ``allow_worse_than_baselines``.
+    Nothing is published. (A collapsed model loses to the baselines as a matter of course:
+    ``allow_collapsed`` alone publishes it.)"""
 
 
 @dataclass(frozen=True)
@@ -123,6 +141,7 @@ class Reports:
             persistence=self.test.last_value,
             history=self.fitted.history,
             grad_norms=self.fitted.gradient_norms,
+            baselines=self.manifest.baselines,
         )
         # The manifest as it stands before publication seals it (no version, format or
         # checksums: the report is written before them, and manifest.json carries them).
@@ -146,8 +165,9 @@ def fit_and_publish(prepared: Prepared, config: TrainConfig) -> int:
     log_data(prepared, config)
     fitted = fit(prepared, config, strategy, device)
     evaluations = {name: evaluate_split(fitted.model, prepared, name) for name in EVALUATED_SPLITS}
-    judgement = judge(prepared, config, fitted, evaluations)
     duration = time.perf_counter() - started
+    baselines = score_model_baselines(prepared, evaluations)
+    judgement = judge(prepared, config, fitted, evaluations, baselines)
     reference, monitoring = calibrate_monitoring(prepared, evaluations["val"])
     version = new_version_name()
     manifest = build_manifest(
@@ -162,13 +182,15 @@ def fit_and_publish(prepared: Prepared, config: TrainConfig) -> int:
         duration=duration,
     )
     reports = Reports(
-        title=_report_title(version, prepared.series.target, config, evaluations["test"].metrics),
+        title=_report_title(version, prepared, evaluations["test"].metrics),
         manifest=manifest,
         fitted=fitted,
         test=evaluations["test"],
     )
     if not is_chief():
         return finish_worker(judgement)
+    for line in guard.comparison_lines(judgement.baselines):
+        print(line)
     if judgement.rejected:
         return reject(config.output / ".rejected" / version, reports, judgement)
     return publish_version(config.output, version, reports, prepared.transform, judgement, duration)
@@ -186,11 +208,23 @@ def set_up_runtime(config: TrainConfig) -> tuple[tf.distribute.Strategy, str]:
 
 
 def log_data(prepared: Prepared, config: TrainConfig) -> None:
-    """One log line: the data, the window counts per split and the window shape."""
+    """The data, the window counts per split and the window shape; how the window was chosen
+    and what the forecast is anchored at."""
     series = prepared.series
+    if prepared.window_choice is not None:
+        log.info("window: %s", prepared.window_choice.reason)
+    period = prepared.transform.anchor_period
+    log.info(
+        "anchor: %s",
+        f"the last value plus the change one period ({period} steps) earlier, which beats "
+        "persistence on the training split"
+        if period
+        else "the last value",
+    )
     log.info(
         "data: %d rows x %d features (%s), target %s, %d imputed cells; windows train/val/test "
-        "%d/%d/%d; window %d, horizon %d, target mode %s%s",
+        "%d/%d/%d; window %d rows (the LSTM runs over the last %d, inputs %s%s), horizon %d, "
+        "target mode %s%s",
         len(series.values),
         len(series.feature_names),
         ",".join(series.feature_names),
@@ -199,7 +233,10 @@ def log_data(prepared: Prepared, config: TrainConfig) -> None:
         len(prepared.pairs["train"][0]),
         len(prepared.pairs["val"][0]),
         len(prepared.pairs["test"][0]),
-        config.window,
+        prepared.transform.window,
+        prepared.transform.steps,
+        prepared.transform.inputs,
+        "".join(f", lag {p}" for p in prepared.transform.lags),
         config.horizon,
         config.target_mode,
         ", NO SCALING" if config.no_scaling else "",
@@ -212,9 +249,8 @@ def fit(
     """Train a new model on the training windows, validating on the validation windows."""
     x_train, y_train, _ = prepared.pairs["train"]
     x_val, y_val, _ = prepared.pairs["val"]
-    n_features = len(prepared.series.feature_names)
     with strategy.scope():
-        model = new_model(config, n_features)
+        model = new_model(config, prepared.transform)
     grads = GradientNorms(x_train, y_train)
     callbacks = [grads, *_training_callbacks(config)]
     if config.distribute == "multiworker":
@@ -228,7 +264,7 @@ def fit(
             seed=config.seed,
             callbacks=callbacks,
         )
-        model = _unreplicated(model, config, n_features)
+        model = _unreplicated(model, config, prepared.transform)
     else:
         history = model.fit(
             x_train,
@@ -248,11 +284,11 @@ def fit(
     )
 
 
-def new_model(config: TrainConfig, n_features: int) -> Any:
+def new_model(config: TrainConfig, transform: WindowTransform) -> Any:
     """A new compiled forecaster of the configured shape: the one place models are built."""
     return build_model(
-        window=config.window,
-        n_features=n_features,
+        window=transform.steps,
+        n_features=transform.channels,
         horizon=config.horizon,
         units=config.units,
         dropout=config.dropout,
@@ -275,10 +311,10 @@ def _training_callbacks(config: TrainConfig) -> list[keras.callbacks.Callback]:
     ]
 
 
-def _unreplicated(model: Any, config: TrainConfig, n_features: int) -> Any:
+def _unreplicated(model: Any, config: TrainConfig, transform: WindowTransform) -> Any:
     """A plain copy of a multi-worker model for evaluation and saving (Keras 3 cannot predict
     under MultiWorkerMirroredStrategy either)."""
-    plain = new_model(config, n_features)
+    plain = new_model(config, transform)
     plain.set_weights(model.get_weights())
     return plain
 
@@ -287,6 +323,7 @@ def evaluate_split(model: Any, prepared: Prepared, name: str) -> SplitEvaluation
     """Forecast every window of split ``name`` and score it against the baselines."""
     transform = prepared.transform
     values = prepared.splits[name]
+    offset = _split_offset(prepared, name)
     ends = window_ends(len(values), transform.window, transform.horizon)
     raw_windows = sliding_windows(values, transform.window, ends)
     forecast, raw_pred = predict_windows(model, transform, raw_windows)
@@ -301,7 +338,38 @@ def evaluate_split(model: Any, prepared: Prepared, name: str) -> SplitEvaluation
         raw_pred=raw_pred,
         raw_truth=prepared.pairs[name][1].astype(np.float64),
     )
-    return SplitEvaluation(metrics, forecast, raw_pred, truth, last_value)
+    return SplitEvaluation(metrics, forecast, raw_pred, truth, last_value, offset + ends + 1)
+
+
+_SPLIT_ORDER = ("train", "val", "test")
+
+
+def _split_offset(prepared: Prepared, name: str) -> int:
+    """The row of the whole series at which split ``name`` starts."""
+    before = _SPLIT_ORDER[: _SPLIT_ORDER.index(name)]
+    return sum(len(prepared.splits[split]) for split in before)
+
+
+def score_model_baselines(prepared: Prepared, evaluations: dict[str, SplitEvaluation]) -> Baselines:
+    """Score the baselines' one-step forecasts, at the seasonal periods found when the window
+    was chosen, on exactly the rows the model's first forecast step is scored on."""
+    index = prepared.transform.target_index
+    target = np.concatenate([prepared.splits[split][:, index] for split in _SPLIT_ORDER])
+    choice = prepared.window_choice
+    baselines = score_baselines(
+        target,
+        len(prepared.splits["train"]),
+        {name: evaluations[name].rows for name in EVALUATED_SPLITS},
+        choice.periods if choice else (),
+        budget_seconds=BASELINE_BUDGET_SECONDS,
+    )
+    for name, why in baselines.skipped.items():
+        log.info("baseline %s not scored: %s", name, why)
+    return replace(
+        baselines,
+        model_val_mae=evaluations["val"].one_step_mae,
+        model_test_mae=evaluations["test"].one_step_mae,
+    )
 
 
 def judge(
@@ -309,8 +377,10 @@ def judge(
     config: TrainConfig,
     fitted: Fitted,
     evaluations: dict[str, SplitEvaluation],
+    baselines: Baselines,
 ) -> Judgement:
-    """The collapse guard's verdict with its likely causes; a diverged run is always rejected."""
+    """The collapse guard's verdict with its likely causes, and the baselines the model does not
+    beat on validation with theirs; a diverged run is always rejected."""
     metrics = {name: ev.metrics for name, ev in evaluations.items()}
     verdict = guard.judge(metrics, config.std_ratio_threshold)
     if verdict.collapsed:
@@ -322,12 +392,58 @@ def judge(
             "training diverged: non-finite loss or predictions (lower "
             "--learning-rate or --clipnorm)",
         )
+    model_val_mae = evaluations["val"].one_step_mae
+    reasons = guard.baselines_not_beaten(model_val_mae, baselines)
+    causes = _baseline_causes(prepared, config, fitted, baselines, model_val_mae) if reasons else []
+    collapse_rejected = verdict.collapsed and not config.allow_collapsed
+    # A collapsed model published with --allow-collapsed loses to the baselines because it is
+    # collapsed; that override covers it.
+    baselines_rejected = (
+        bool(reasons) and not verdict.collapsed and not config.allow_worse_than_baselines
+    )
+    rejected = diverged or collapse_rejected or baselines_rejected
     return Judgement(
         verdict=verdict,
         diverged=diverged,
         vanishing_layers=guard.vanishing_layers(fitted.gradient_norms),
-        rejected=diverged or (verdict.collapsed and not config.allow_collapsed),
+        baselines=replace(
+            baselines,
+            guard_reasons=tuple(reasons),
+            guard_causes=tuple(causes),
+            published_despite_baselines=bool(reasons) and not rejected,
+        ),
+        rejected=rejected,
     )
+
+
+def _baseline_causes(
+    prepared: Prepared,
+    config: TrainConfig,
+    fitted: Fitted,
+    baselines: Baselines,
+    model_val_mae: float,
+) -> list[str]:
+    shares = guard.share_outside_range(prepared.pairs["train"][0], prepared.pairs["val"][0])
+    names = _input_channel_names(prepared)
+    return guard.baseline_causes(
+        baselines=baselines,
+        model_val_mae=model_val_mae,
+        steps=prepared.transform.steps,
+        lags=prepared.transform.lags,
+        inputs_out_of_range=dict(zip(names, shares, strict=True)),
+        epochs_run=fitted.epochs_run,
+        max_epochs=config.epochs,
+        best_epoch=fitted.best_epoch,
+    )
+
+
+def _input_channel_names(prepared: Prepared) -> tuple[str, ...]:
+    """The model's input channels: the features, the target one period back per lag, then the
+    target's change over the anchor period."""
+    target, transform = prepared.series.target, prepared.transform
+    lags = tuple(f"{target} {p} steps back" for p in transform.lags)
+    change = (f"{target} change over {transform.anchor_period} steps",)
+    return prepared.series.feature_names + lags + (change if transform.anchor_period else ())
 
 
 def _collapse_causes(prepared: Prepared, config: TrainConfig, fitted: Fitted) -> list[str]:
@@ -337,7 +453,7 @@ def _collapse_causes(prepared: Prepared, config: TrainConfig, fitted: Fitted) ->
     return guard.diagnose(
         input_mean=inputs.mean(axis=0),
         input_std=inputs.std(axis=0),
-        feature_names=prepared.series.feature_names,
+        feature_names=_input_channel_names(prepared),
         grad_history=fitted.gradient_norms,
         epochs_run=fitted.epochs_run,
         max_epochs=config.epochs,
@@ -345,6 +461,7 @@ def _collapse_causes(prepared: Prepared, config: TrainConfig, fitted: Fitted) ->
         dropout=config.dropout,
         units=config.units,
         target_std=float(np.std(train_target)),
+        anchor_period=prepared.transform.anchor_period,
     )
 
 
@@ -355,11 +472,14 @@ def calibrate_monitoring(
     by replaying the validation split (the manifest's ``reference`` and ``monitoring``)."""
     train = prepared.splits["train"]
     feature_names = prepared.series.feature_names
-    reference = input_reference(prepared.transform.scale(train), train, feature_names)
+    # The detectors see one row per window, of what the model sees (transform.monitored_rows).
+    transform = prepared.transform
+    seen = transform.monitored_rows(prepared.pairs["train"][0])
+    reference = input_reference(seen, train, feature_names)
     started = time.perf_counter()
     x_val = prepared.pairs["val"][0]
     monitoring = calibrate(
-        validation.raw_pred, x_val[:, -1, :].astype(np.float64), reference=reference
+        validation.raw_pred, transform.monitored_rows(x_val), reference=reference
     )
     log.info(
         "calibrated the collapse/drift detectors on validation replay in %.1fs "
@@ -390,7 +510,7 @@ def build_manifest(
         created_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         feature_names=series.feature_names,
         target=series.target,
-        window=config.window,
+        window=prepared.transform.window,
         horizon=config.horizon,
         scaling=not config.no_scaling,
         transform=prepared.transform.to_spec(),
@@ -405,6 +525,7 @@ def build_manifest(
         ),
         monitoring=monitoring,
         metrics={name: ev.metrics for name, ev in evaluations.items()},
+        baselines=judgement.baselines,
         guard=_guard_record(config, judgement),
         training=_training_record(config, prepared, fitted, duration),
         environment=_environment(),
@@ -445,6 +566,7 @@ def _guard_record(config: TrainConfig, judgement: Judgement) -> GuardRecord:
 def _training_record(
     config: TrainConfig, prepared: Prepared, fitted: Fitted, duration: float
 ) -> TrainingRecord:
+    choice = prepared.window_choice
     return TrainingRecord(
         argv=config.argv,
         units=config.units,
@@ -461,6 +583,8 @@ def _training_record(
         duration_seconds=round(duration, 2),
         windows={name: int(len(p[0])) for name, p in prepared.pairs.items()},
         imputed_cells=prepared.n_imputed,
+        seasonal_periods=choice.periods if choice else (),
+        window_choice=choice.reason if choice else "",
     )
 
 
@@ -474,9 +598,11 @@ def _environment() -> Environment:
     )
 
 
-def _report_title(version: str, target: str, config: TrainConfig, test: guard.SplitMetrics) -> str:
+def _report_title(version: str, prepared: Prepared, test: guard.SplitMetrics) -> str:
+    transform = prepared.transform
     return (
-        f"{version}  target={target}  window={config.window} horizon={config.horizon}  "
+        f"{version}  target={prepared.series.target}  window={transform.window} "
+        f"horizon={transform.horizon}  "
         f"test MAE {test.mae:.4g} vs persistence {test.persistence_mae:.4g}"
     )
 
@@ -494,6 +620,8 @@ def reject(directory: Path, reports: Reports, judgement: Judgement) -> int:
     """Write the reports to ``directory`` (nothing is published) and say why on stderr."""
     directory.mkdir(parents=True, exist_ok=True)
     reports.write(directory)
+    if not (judgement.verdict.collapsed or judgement.diverged):
+        return _reject_worse_than_baselines(directory, judgement.baselines)
     print(
         "REJECTED: the model is collapsed (near-constant output); nothing was published.",
         file=sys.stderr,
@@ -504,6 +632,22 @@ def reject(directory: Path, reports: Reports, judgement: Judgement) -> int:
         print(f"  likely cause: {cause}", file=sys.stderr)
     override = "" if judgement.diverged else " (override with --allow-collapsed)"
     print(f"  report: {directory}/report.png{override}", file=sys.stderr)
+    return EXIT_COLLAPSED
+
+
+def _reject_worse_than_baselines(directory: Path, baselines: Baselines) -> int:
+    print(
+        "REJECTED: the model does not beat the baselines on validation; nothing was published.",
+        file=sys.stderr,
+    )
+    for reason in baselines.guard_reasons:
+        print(f"  why: {reason}", file=sys.stderr)
+    for cause in baselines.guard_causes:
+        print(f"  likely cause: {cause}", file=sys.stderr)
+    print(
+        f"  report: {directory}/report.png (override with --allow-worse-than-baselines)",
+        file=sys.stderr,
+    )
     return EXIT_COLLAPSED
 
 
@@ -528,6 +672,14 @@ def publish_version(
         print(
             f"WARNING: published a collapsed model because of --allow-collapsed: "
             f"{'; '.join(judgement.verdict.reasons)}",
+            file=sys.stderr,
+        )
+    if judgement.baselines.published_despite_baselines:
+        collapsed = judgement.verdict.collapsed
+        flag = "--allow-collapsed" if collapsed else "--allow-worse-than-baselines"
+        print(
+            f"WARNING: published a model that does not beat the baselines because of {flag}: "
+            f"{'; '.join(judgement.baselines.guard_reasons)}",
             file=sys.stderr,
         )
     test = reports.test.metrics

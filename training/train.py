@@ -16,7 +16,15 @@ from training.cli import EXIT_USAGE, Parser
 from training.config import TrainConfig
 from training.data import DataError, Series, synthetic_series
 from training.prepare import Prepared, prepare
+from training.seasons import detect_periods
 from training.table import load_csv
+from training.windowing import (
+    WindowChoice,
+    choose_window,
+    fixed_window,
+    shortest_split,
+    training_target,
+)
 
 log = logging.getLogger("training")
 
@@ -91,14 +99,30 @@ def _load_and_prepare(config: TrainConfig) -> Prepared:
         series = load_csv(config.data, config.target, config.feature_list(), config.time_column)
     else:
         series = synthetic_series(config.synthetic_steps)
+    choice = _window_choice(series, config)
     return prepare(
         series,
         val_fraction=config.val_fraction,
         test_fraction=config.test_fraction,
-        window=config.window,
+        window=choice.steps,
         horizon=config.horizon,
         target_mode=config.target_mode,
         scaling=not config.no_scaling,
+        inputs=config.inputs,
+        lags=choice.lags,
+        window_choice=choice,
+    )
+
+
+def _window_choice(series: Series, config: TrainConfig) -> WindowChoice:
+    """``--window auto`` from the seasons of the training split, or the number given."""
+    fractions = {"val_fraction": config.val_fraction, "test_fraction": config.test_fraction}
+    step = series.time.step if series.time is not None else None
+    periods = detect_periods(training_target(series, **fractions), step)
+    if isinstance(config.window, int):
+        return fixed_window(config.window, periods)
+    return choose_window(
+        periods, shortest_split=shortest_split(series, **fractions), horizon=config.horizon
     )
 
 

@@ -70,8 +70,22 @@ class FeatureReference(_message.Message):
     raw_std: float
     def __init__(self, name: _Optional[str] = ..., mean: _Optional[float] = ..., std: _Optional[float] = ..., min: _Optional[float] = ..., max: _Optional[float] = ..., raw_mean: _Optional[float] = ..., raw_std: _Optional[float] = ...) -> None: ...
 
+class BaselineScore(_message.Message):
+    __slots__ = ("name", "period", "val_mae", "test_mae", "statistical")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    PERIOD_FIELD_NUMBER: _ClassVar[int]
+    VAL_MAE_FIELD_NUMBER: _ClassVar[int]
+    TEST_MAE_FIELD_NUMBER: _ClassVar[int]
+    STATISTICAL_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    period: int
+    val_mae: float
+    test_mae: float
+    statistical: bool
+    def __init__(self, name: _Optional[str] = ..., period: _Optional[int] = ..., val_mae: _Optional[float] = ..., test_mae: _Optional[float] = ..., statistical: _Optional[bool] = ...) -> None: ...
+
 class ModelInfo(_message.Message):
-    __slots__ = ("model_version", "feature_names", "target", "window", "horizon", "target_mode", "validation", "test", "features", "max_windows_per_request", "created_at", "device")
+    __slots__ = ("model_version", "feature_names", "target", "window", "horizon", "target_mode", "validation", "test", "features", "max_windows_per_request", "created_at", "device", "baselines", "best_statistical_baseline", "best_statistical_baseline_beats_model", "seasonal_periods", "one_step_validation_mae", "one_step_test_mae")
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     FEATURE_NAMES_FIELD_NUMBER: _ClassVar[int]
     TARGET_FIELD_NUMBER: _ClassVar[int]
@@ -84,6 +98,12 @@ class ModelInfo(_message.Message):
     MAX_WINDOWS_PER_REQUEST_FIELD_NUMBER: _ClassVar[int]
     CREATED_AT_FIELD_NUMBER: _ClassVar[int]
     DEVICE_FIELD_NUMBER: _ClassVar[int]
+    BASELINES_FIELD_NUMBER: _ClassVar[int]
+    BEST_STATISTICAL_BASELINE_FIELD_NUMBER: _ClassVar[int]
+    BEST_STATISTICAL_BASELINE_BEATS_MODEL_FIELD_NUMBER: _ClassVar[int]
+    SEASONAL_PERIODS_FIELD_NUMBER: _ClassVar[int]
+    ONE_STEP_VALIDATION_MAE_FIELD_NUMBER: _ClassVar[int]
+    ONE_STEP_TEST_MAE_FIELD_NUMBER: _ClassVar[int]
     model_version: str
     feature_names: _containers.RepeatedScalarFieldContainer[str]
     target: str
@@ -96,4 +116,10 @@ class ModelInfo(_message.Message):
     max_windows_per_request: int
     created_at: str
     device: str
-    def __init__(self, model_version: _Optional[str] = ..., feature_names: _Optional[_Iterable[str]] = ..., target: _Optional[str] = ..., window: _Optional[int] = ..., horizon: _Optional[int] = ..., target_mode: _Optional[str] = ..., validation: _Optional[_Union[SplitMetrics, _Mapping]] = ..., test: _Optional[_Union[SplitMetrics, _Mapping]] = ..., features: _Optional[_Iterable[_Union[FeatureReference, _Mapping]]] = ..., max_windows_per_request: _Optional[int] = ..., created_at: _Optional[str] = ..., device: _Optional[str] = ...) -> None: ...
+    baselines: _containers.RepeatedCompositeFieldContainer[BaselineScore]
+    best_statistical_baseline: str
+    best_statistical_baseline_beats_model: bool
+    seasonal_periods: _containers.RepeatedScalarFieldContainer[int]
+    one_step_validation_mae: float
+    one_step_test_mae: float
+    def __init__(self, model_version: _Optional[str] = ..., feature_names: _Optional[_Iterable[str]] = ..., target: _Optional[str] = ..., window: _Optional[int] = ..., horizon: _Optional[int] = ..., target_mode: _Optional[str] = ..., validation: _Optional[_Union[SplitMetrics, _Mapping]] = ..., test: _Optional[_Union[SplitMetrics, _Mapping]] = ..., features: _Optional[_Iterable[_Union[FeatureReference, _Mapping]]] = ..., max_windows_per_request: _Optional[int] = ..., created_at: _Optional[str] = ..., device: _Optional[str] = ..., baselines: _Optional[_Iterable[_Union[BaselineScore, _Mapping]]] = ..., best_statistical_baseline: _Optional[str] = ..., best_statistical_baseline_beats_model: _Optional[bool] = ..., seasonal_periods: _Optional[_Iterable[int]] = ..., one_step_validation_mae: _Optional[float] = ..., one_step_test_mae: _Optional[float] = ...) -> None: ...
