@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 ARTIFACTS ?= artifacts
 
-.PHONY: install run train serve demo bench soak test lint typecheck format proto image image-cpu \
+.PHONY: install run train serve demo bench quality soak test lint typecheck format proto image image-cpu \
 	container-test prometheus-rule clean
 
 $(STAMP): pyproject.toml
@@ -55,6 +55,9 @@ demo: install ## train if needed, then show the detectors on healthy, x10 and co
 bench: install ## train if needed, then the side-by-side benchmark into results/ (~27 min)
 	@ls $(ARTIFACTS)/*/manifest.json >/dev/null 2>&1 || $(BIN)/python -m training.train --output $(ARTIFACTS)
 	$(BIN)/python -m benchmarks run --artifacts $(ARTIFACTS) --output-dir results
+
+quality: install ## default training on six real series against statistical baselines, into results/ (~10 min)
+	$(BIN)/python -m benchmarks.quality --output-dir results
 
 soak: install ## train if needed, then 5 min of sustained load with the service's RSS sampled
 	@ls $(ARTIFACTS)/*/manifest.json >/dev/null 2>&1 || $(BIN)/python -m training.train --output $(ARTIFACTS)

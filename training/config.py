@@ -56,11 +56,16 @@ class TrainConfig:
     features: str | None = _flag(
         None,
         DATA,
-        "comma-separated input columns (default: all but the time column); the target is "
-        "added if missing",
+        "comma-separated input columns; the target is added if missing. Default: every "
+        "numeric column but the time column, less those that are constant or rise or fall "
+        "strictly over the training split (a named one is kept, with a warning)",
     )
     time_column: str | None = _flag(
-        None, DATA, "timestamp column (ISO-8601); rows are sorted by it"
+        None,
+        DATA,
+        "time column; rows are sorted by it and missing timestamps become imputed rows. "
+        "Default: detected (ISO-8601 dates, or increasing integers named like ds, date, time, "
+        "step, index, or an unnamed first column); none: no time column, rows in file order",
     )
     synthetic_steps: int = _flag(
         6000, DATA, "length in hourly steps of the built-in series", type=positive(int)
@@ -72,9 +77,9 @@ class TrainConfig:
     window: int | str = _flag(
         "auto",
         DATA,
-        "rows of history the LSTM runs over: auto chooses from the seasonal periods found in "
-        "the training split (and adds the target one period back for periods longer than the "
-        "LSTM's rows), or a number of rows",
+        "rows of history the LSTM runs over. auto: two cycles of the shortest seasonal period "
+        "found in the training split (16-64 rows; 32 without one), plus an input holding the "
+        "target one period back for every period found; or a number of rows (no lag inputs)",
         type=_window,
     )
     horizon: int = _flag(1, DATA, "steps forecast per window", type=positive(int))
