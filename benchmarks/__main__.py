@@ -2,6 +2,7 @@
 
     python -m benchmarks [run] [--duration 5 --warmup 2 --processes 4 ...]
     python -m benchmarks soak --minutes 5
+    python -m benchmarks tracking        # realized-accuracy tracking on vs off, memory/series
     python -m benchmarks report          # rebuild bench.md/.png and the targets from the JSON
 
 ``run`` (the default) measures, side by side on this machine: the in-process model ceiling,
@@ -9,6 +10,9 @@ a bare gRPC echo server (transport ceiling), a naive model.predict-per-request s
 service with monitoring on and off, under the same client load (several client processes,
 grpc.aio, a concurrency sweep per mode). It writes bench.json, bench.md and bench.png.
 ``soak`` loads the service for minutes and checks its RSS stays flat (soak.json/.md/.png).
+``tracking`` measures what realized-accuracy tracking costs: throughput of two services that
+differ only in ``--realized-tracking``, as interleaved on/off pairs, every window sent under a
+series id and continuing its series; then memory per tracked series (tracking.json/.md).
 ``report`` rebuilds bench.md, bench.png and the targets from bench.json and soak.json (run it
 after a soak that followed the comparison run, so the memory target is filled in).
 
@@ -34,6 +38,8 @@ DEFAULT_SWEEPS = {
     "batch256": "1,4,16",
     "stream": "1,8,32,128",
 }
+# `tracking`'s concurrency per mode: where the service peaked in the last full bench.
+TRACKING_CONCURRENCY = {"unary": 32, "batch64": 16, "batch256": 4, "stream": 128}
 
 
 # CPU numbers ("0,1"), and sets of sizes such as concurrency levels or batch buckets ("1,8,32").
@@ -128,9 +134,10 @@ def build_parser() -> argparse.ArgumentParser:
         PROG,
         "Measure the forecast service against its ceilings and the naive server, side by side "
         "in one run.",
-        epilog="`python -m benchmarks run --help` and `... soak --help` list every flag.",
+        epilog="`python -m benchmarks run --help`, `... soak --help` and `... tracking --help` "
+        "list every flag.",
     )
-    sub = parser.add_subparsers(dest="command", metavar="{run,soak,report}")
+    sub = parser.add_subparsers(dest="command", metavar="{run,soak,tracking,report}")
     run = sub.add_parser(
         "run",
         help="the side-by-side comparison (the default command)",
@@ -251,6 +258,53 @@ def build_parser() -> argparse.ArgumentParser:
         default=16,
         help="requests in flight per client process",
     )
+    tracking = sub.add_parser(
+        "tracking",
+        help="realized-accuracy tracking on vs off: paired throughput, memory per series",
+        description="Two services differing only in --realized-tracking, loaded in turn by the "
+        "same clients (every window under a series id, continuing its series): interleaved "
+        "on/off pairs per mode, then the memory per tracked series.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    _common(tracking)
+    tracking.add_argument(
+        "--modes",
+        type=_modes,
+        default="unary,batch64",
+        help="modes to measure: " + ", ".join(DEFAULT_SWEEPS),
+    )
+    for mode, level in TRACKING_CONCURRENCY.items():
+        tracking.add_argument(
+            f"--{mode}-concurrency",
+            type=positive(int),
+            default=level,
+            help=f"requests in flight in {mode} mode (near the service's peak in the bench)",
+        )
+    tracking.add_argument(
+        "--pairs", type=positive(int), default=12, help="on/off pairs per mode, order alternating"
+    )
+    tracking.add_argument(
+        "--duration", type=positive(float), default=3.0, help="measured seconds per point"
+    )
+    tracking.add_argument(
+        "--warmup", type=float, default=1.0, help="seconds of load before each measurement"
+    )
+    tracking.add_argument(
+        "--settle", type=float, default=0.5, help="idle seconds before each point"
+    )
+    tracking.add_argument("--processes", type=positive(int), default=4, help="client processes")
+    tracking.add_argument(
+        "--memory-series",
+        type=positive(int),
+        default=100_000,
+        help="new series sent (one window each) to measure the memory per tracked series",
+    )
+    tracking.add_argument(
+        "--control",
+        action="store_true",
+        help="both servers with tracking off (same names): the ratios then measure the noise "
+        "of the pairs alone; no memory step",
+    )
     report = sub.add_parser(
         "report",
         help="rebuild the markdown, plot and targets from the JSON results",
@@ -274,7 +328,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _parse(argv: list[str]) -> argparse.Namespace:
-    if not argv or argv[0] not in ("run", "soak", "report", "-h", "--help"):
+    if not argv or argv[0] not in ("run", "soak", "tracking", "report", "-h", "--help"):
         argv = ["run", *argv]
     return build_parser().parse_args(argv)
 
@@ -400,6 +454,47 @@ def _soak(args: argparse.Namespace) -> int:
     return 0
 
 
+def _tracking(args: argparse.Namespace) -> int:
+    from benchmarks import tracking
+    from benchmarks.servers import batching_flags
+
+    config = tracking.TrackingConfig(
+        artifacts=args.artifacts,
+        output_dir=args.output_dir,
+        device=args.device,
+        modes=args.modes,
+        concurrency={m: getattr(args, f"{m}_concurrency") for m in args.modes},
+        pairs=args.pairs,
+        duration=args.duration,
+        warmup=args.warmup,
+        settle=args.settle,
+        processes=args.processes,
+        stream_depth=args.stream_depth,
+        timeout=args.timeout,
+        memory_series=args.memory_series,
+        server_cpus=args.server_cpus,
+        client_cpus=args.client_cpus,
+        service_flags=batching_flags(args.batch_buckets, args.max_batch_size),
+        control=args.control,
+    )
+    per_pair = 2 * (args.warmup + args.duration + args.settle + 0.7)
+    print(
+        f"{len(args.modes) * args.pairs} pairs x ~{per_pair:.0f} s + start-up and memory: about "
+        f"{(len(args.modes) * args.pairs * per_pair + 150) / 60:.0f} min",
+        file=sys.stderr,
+    )
+    results = tracking.run_tracking(
+        config, progress=lambda line: print(line, file=sys.stderr, flush=True)
+    )
+    name = "tracking-control" if args.control else "tracking"
+    paths = [args.output_dir / f"{name}.json", args.output_dir / f"{name}.md"]
+    paths[0].write_text(json.dumps(results, indent=2) + "\n")
+    paths[1].write_text(tracking.markdown(results))
+    print(tracking.markdown(results))
+    print("wrote " + ", ".join(map(str, paths)))
+    return 0
+
+
 def _warn_device(requested: str, devices: dict[str, str]) -> None:
     wrong = {k: v for k, v in devices.items() if v not in (requested.upper(), "none")}
     if wrong:
@@ -438,6 +533,8 @@ def main(argv: list[str] | None = None) -> int:
     from benchmarks.workload import WorkloadError
 
     try:
+        if args.command == "tracking":
+            return _tracking(args)
         return _run(args) if args.command == "run" else _soak(args)
     except WorkloadError as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)

@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.workload import MODES, payloads
+from benchmarks.workload import MODES, SeriesPayloads, payloads
 
 FORECAST = "/forecast.v1.ForecastService/Forecast"
 STREAM_FORECAST = "/forecast.v1.ForecastService/StreamForecast"
@@ -161,7 +161,7 @@ async def _stream_lane(method, requests, first, depth, rec: _Recorder, horizon: 
             call.cancel()
 
 
-async def _drive(job: Job, requests: list[bytes], horizon: int) -> ClientResult:
+async def _drive(job: Job, requests: list[bytes] | SeriesPayloads, horizon: int) -> ClientResult:
     import grpc
 
     mode = MODES[job.mode]
@@ -184,10 +184,16 @@ async def _drive(job: Job, requests: list[bytes], horizon: int) -> ClientResult:
         lanes = []
         for k, depth in enumerate(job.lanes):
             first = job.first_payload + 7919 * k
+            # With series ids, each lane sends series of its own (named by process and lane).
+            own: Any = (
+                requests.lane(f"{job.first_payload}-{k}")
+                if isinstance(requests, SeriesPayloads)
+                else requests
+            )
             if mode.rpc == "unary":
-                lanes.append(_unary_lane(call, requests, first, rec, horizon, job.timeout))
+                lanes.append(_unary_lane(call, own, first, rec, horizon, job.timeout))
             else:
-                lanes.append(_stream_lane(call, requests, first, depth, rec, horizon, job.timeout))
+                lanes.append(_stream_lane(call, own, first, depth, rec, horizon, job.timeout))
         tasks = [asyncio.ensure_future(lane) for lane in lanes]
         await asyncio.sleep(max(0.0, rec.warm_end - time.perf_counter()))
         cpu_start = _cpu_seconds()
@@ -213,11 +219,20 @@ def _cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def _client_main(conn, windows: np.ndarray, horizon: int, cpus: tuple[int, ...] | None) -> None:
-    """A client process: build each mode's payloads once, then run jobs until told to stop."""
+def _client_main(
+    conn, windows: np.ndarray, horizon: int, cpus: tuple[int, ...] | None, series: bool
+) -> None:
+    """A client process: build each mode's payloads once, then run jobs until told to stop.
+    With ``series``, every window carries a series id and continues its series' last window
+    (see :class:`benchmarks.workload.SeriesPayloads`)."""
     if cpus:
         os.sched_setaffinity(0, cpus)
-    requests = {name: payloads(windows, mode.windows_per_request) for name, mode in MODES.items()}
+    requests: dict[str, list[bytes] | SeriesPayloads] = {
+        name: SeriesPayloads(windows, mode.windows_per_request)
+        if series
+        else payloads(windows, mode.windows_per_request)
+        for name, mode in MODES.items()
+    }
     loop = asyncio.new_event_loop()
     conn.send("ready")
     try:
@@ -265,7 +280,8 @@ class ClientError(RuntimeError):
 
 
 class ClientPool:
-    """Long-lived client processes (spawned once, reused for every point)."""
+    """Long-lived client processes (spawned once, reused for every point). With ``series``,
+    every window sent carries a series id (see :class:`benchmarks.workload.SeriesPayloads`)."""
 
     def __init__(
         self,
@@ -274,6 +290,7 @@ class ClientPool:
         horizon: int,
         *,
         cpus: tuple[int, ...] | None = None,
+        series: bool = False,
     ):
         ctx = mp.get_context("spawn")
         self._conns = []
@@ -282,7 +299,7 @@ class ClientPool:
         for _ in range(processes):
             parent, child = ctx.Pipe()
             proc = ctx.Process(
-                target=_client_main, args=(child, windows, horizon, cpus), daemon=True
+                target=_client_main, args=(child, windows, horizon, cpus, series), daemon=True
             )
             proc.start()
             child.close()

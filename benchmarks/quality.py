@@ -33,6 +33,12 @@ models are shown as not measured.
 Targets, on every series: test MAE <= 0.9x persistence; <= 1.0x the best statistical model
 (AutoETS, AutoTheta, MSTL, AutoARIMA); default training <= 120 s. A missed target is shown as
 missed; one that could not be measured is shown as not measured.
+
+Prediction intervals (a second table): the served conformal intervals' test coverage and mean
+width at 80 % and 95 % (``report.json["intervals"]``, over every test window), next to the
+other interval method's (the trainer scores both on every run) and AutoETS's own one-step
+intervals on the same points (the AutoETS baseline's ``test_intervals``). Target: coverage
+within +/-3 points of the level; AutoETS's width is the one to be narrower than.
 """
 
 from __future__ import annotations
@@ -66,6 +72,8 @@ OVERRIDES = ("--allow-collapsed", "--allow-worse-than-baselines")
 TARGET_VS_PERSISTENCE = 0.9
 TARGET_VS_BEST_STATISTICAL = 1.0
 TARGET_SECONDS = 120.0
+TARGET_COVERAGE_POINTS = 3.0
+"""Test coverage of the served intervals within this many points of the nominal level."""
 
 # The table's baseline columns, in order; baselines the report adds (AutoARIMA...) follow.
 COLUMNS = (
@@ -502,12 +510,71 @@ def series_result(
             round(run.seconds, 1) if run.report is not None else None, TARGET_SECONDS
         ),
     }
+    record["intervals"] = interval_result(report)
     if run.exit_code is None:  # killed: the time is a lower bound
         timed_out = run.seconds > TARGET_SECONDS
         record["targets"]["training_seconds"].update(
             value=f"> {run.seconds:.0f} (timed out)", met=False if timed_out else None
         )
     return record
+
+
+def interval_result(report: dict[str, Any]) -> dict[str, Any] | None:
+    """The intervals' test coverage and width per level: every method the trainer scored (the
+    served one first), AutoETS's own on the same points, the width ratio and the coverage
+    target. None from a trainer without intervals."""
+    section = report.get("intervals")
+    if not isinstance(section, dict):
+        return None
+    served = section.get("method")
+    methods = dict(section.get("methods") or {served: section.get("test", [])})
+    order = [served, *(m for m in methods if m != served)]
+    baselines = report.get("baselines")
+    ets = next(
+        (
+            s
+            for s in (baselines.get("scores", []) if isinstance(baselines, dict) else [])
+            if s.get("name") == "AutoETS"
+        ),
+        None,
+    )
+    ets_scores = {float(s["level"]): s for s in (ets or {}).get("test_intervals", [])}
+    levels = []
+    for served_score in methods.get(served, []):
+        level = float(served_score["level"])
+        by_method = {
+            m: next((s for s in methods[m] if float(s["level"]) == level), None) for m in order
+        }
+        theirs = ets_scores.get(level)
+        miss = abs(100 * served_score["coverage"] - level)
+        levels.append(
+            {
+                "level": level,
+                "methods": {
+                    m: None if s is None else {k: s[k] for k in ("coverage", "mean_width")}
+                    for m, s in by_method.items()
+                },
+                "AutoETS": None
+                if theirs is None
+                else {k: theirs[k] for k in ("coverage", "mean_width")},
+                "width_vs_AutoETS": _rounded(
+                    _ratio(served_score["mean_width"], theirs["mean_width"] if theirs else None)
+                ),
+                "coverage_target": {
+                    "value": round(100 * served_score["coverage"], 2),
+                    "limit": f"{level:g} +/- {TARGET_COVERAGE_POINTS:g}",
+                    "met": miss <= TARGET_COVERAGE_POINTS,
+                },
+            }
+        )
+    scores = section.get("scores") or [[]]
+    return {
+        "method": served,
+        "calibration_windows": len(scores[0]),
+        "methods": order,
+        "AutoETS_note": (ets or {}).get("note"),
+        "levels": levels,
+    }
 
 
 # --------------------------------------------------------------------------------------------
@@ -580,8 +647,46 @@ def table_rows(results: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     return header, rows
 
 
-def console_table(results: dict[str, Any]) -> str:
-    header, rows = table_rows(results)
+def interval_rows(results: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    """The intervals table: per level, each method's and AutoETS's test coverage / mean width,
+    the served width divided by AutoETS's, and the coverage target."""
+    records = [r.get("intervals") for r in results["series"]]
+    methods: list[str] = next((i["methods"] for i in records if i), ["absolute"])
+    levels = next(([lv["level"] for lv in i["levels"]] for i in records if i), [80.0, 95.0])
+    header = ["series", "calib. windows", "test windows"]
+    for level in levels:
+        header += [f"{level:g}% {m}{' (served)' if k == 0 else ''}" for k, m in enumerate(methods)]
+        header += [f"{level:g}% AutoETS", f"{level:g}% width / AutoETS"]
+    header.append(f"coverage +/-{TARGET_COVERAGE_POINTS:g} pts")
+    rows = []
+    for r, intervals in zip(results["series"], records, strict=True):
+        windows = str((r.get("model") or {}).get("test_windows") or "-")
+        if not intervals:
+            rows.append([r["name"], "-", windows, *["-"] * (len(header) - 3)])
+            continue
+        row = [r["name"], str(intervals["calibration_windows"]), windows]
+        met = []
+        for level in levels:
+            entry = next((lv for lv in intervals["levels"] if lv["level"] == level), None)
+            if entry is None:
+                row += ["-"] * (len(methods) + 2)
+                continue
+            row += [_coverage_width(entry["methods"].get(m)) for m in methods]
+            row += [_coverage_width(entry["AutoETS"]), _cell(entry["width_vs_AutoETS"])]
+            target = entry["coverage_target"]
+            met.append(f"{level:g}% {'met' if target['met'] else 'MISSED'}")
+        row.append(", ".join(met))
+        rows.append(row)
+    return header, rows
+
+
+def _coverage_width(score: dict[str, float] | None) -> str:
+    if not score:
+        return "-"
+    return f"{100 * score['coverage']:.1f}% / {score['mean_width']:.4g}"
+
+
+def _aligned(header: list[str], rows: list[list[str]]) -> str:
     widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
     lines = [
         "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True))
@@ -589,6 +694,15 @@ def console_table(results: dict[str, Any]) -> str:
     ]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(line.rstrip() for line in lines)
+
+
+def console_table(results: dict[str, Any]) -> str:
+    header, rows = table_rows(results)
+    table = _aligned(header, rows)
+    if any(r.get("intervals") for r in results["series"]):
+        table += "\n\nPrediction intervals on the test split (coverage / mean width):\n"
+        table += _aligned(*interval_rows(results))
+    return table
 
 
 def markdown(results: dict[str, Any]) -> str:
@@ -630,6 +744,25 @@ def markdown(results: dict[str, Any]) -> str:
         "|" + "|".join("---" for _ in header) + "|",
         *("| " + " | ".join(row) + " |" for row in rows),
         "",
+    ]
+    if any(r.get("intervals") for r in results["series"]):
+        iheader, irows = interval_rows(results)
+        out += [
+            "## Prediction intervals",
+            "",
+            "Cells: test coverage / mean width (target units) of 80 % and 95 % intervals: the "
+            "LSTM's split conformal intervals calibrated on the validation split, with the "
+            "served method and the other one, and AutoETS's own one-step intervals on the same "
+            "points (its variance re-estimated causally from the errors before each point). "
+            "*width / AutoETS*: the served width divided by AutoETS's (below 1: narrower). "
+            f"Target: coverage within {TARGET_COVERAGE_POINTS:g} points of the level.",
+            "",
+            "| " + " | ".join(iheader) + " |",
+            "|" + "|".join("---" for _ in iheader) + "|",
+            *("| " + " | ".join(row) + " |" for row in irows),
+            "",
+        ]
+    out += [
         "## Series",
         "",
         "| series | source | frequency | rows | target | periods | character |",
@@ -692,6 +825,20 @@ def series_notes(r: dict[str, Any]) -> list[str]:
             f"baseline {name} skipped: {why}" for name, why in baselines["skipped"].items()
         )
         notes.extend(f"baselines: {note}" for note in baselines["notes"])
+    intervals = r.get("intervals")
+    if intervals:
+        notes.append(
+            f"intervals: split conformal ({intervals['method']}) on "
+            f"{intervals['calibration_windows']} validation windows; AutoETS: "
+            f"{intervals['AutoETS_note'] or 'not scored'}"
+        )
+        for entry in intervals["levels"]:
+            target = entry["coverage_target"]
+            if not target["met"]:
+                notes.append(
+                    f"target coverage at {entry['level']:g}% MISSED: {target['value']:.1f}% "
+                    f"outside {target['limit']}"
+                )
     for key, target in r.get("targets", {}).items():
         value, limit = target["value"], target["limit"]
         if target["met"] is False:

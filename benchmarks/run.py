@@ -310,27 +310,51 @@ def monitoring_overhead(
     carries no drift at all; its median is kept beside the ratios."""
     pairs = []
     for i in range(config.overhead_pairs):
-        got = {}
-        for server in (on, off) if i % 2 == 0 else (off, on):
-            time.sleep(config.settle)
-            got[server.system.name] = measure_point(pool, server, mode, concurrency, config)
-        w_on = got[on.system.name]["windows_per_s"]
-        w_off = got[off.system.name]["windows_per_s"]
-        pairs.append(
-            {
-                "first": "on" if i % 2 == 0 else "off",
-                "on_windows_per_s": w_on,
-                "off_windows_per_s": w_off,
-                "ratio": w_on / w_off if w_off else None,
-                "errors": got[on.system.name]["errors"] + got[off.system.name]["errors"],
-                "on_monitor_cpu_share": monitor_cpu_share(got[on.system.name]),
-            }
-        )
+        pairs.append(measure_pair(pool, on, off, mode, concurrency, config, on_first=i % 2 == 0))
         progress(
             f"  monitoring on/off {mode:<8} c={concurrency:<4} pair {i + 1}: "
-            f"{w_on:,.0f} / {w_off:,.0f} windows/s = "
-            + (f"{pairs[-1]['ratio']:.3f}" if w_off else "n/a")
+            + describe_pair(pairs[-1])
         )
+    return summarize_pairs(concurrency, pairs)
+
+
+def measure_pair(
+    pool,
+    on: ServerProcess,
+    off: ServerProcess,
+    mode: str,
+    concurrency: int,
+    config: RunConfig,
+    *,
+    on_first: bool,
+) -> dict:
+    """One back-to-back pair of points, "on" then "off" or the other way round: the
+    throughput of each, their ratio, errors and the "on" monitoring thread's CPU share."""
+    got = {}
+    for server in (on, off) if on_first else (off, on):
+        time.sleep(config.settle)
+        got[server.system.name] = measure_point(pool, server, mode, concurrency, config)
+    w_on = got[on.system.name]["windows_per_s"]
+    w_off = got[off.system.name]["windows_per_s"]
+    return {
+        "first": "on" if on_first else "off",
+        "on_windows_per_s": w_on,
+        "off_windows_per_s": w_off,
+        "ratio": w_on / w_off if w_off else None,
+        "errors": got[on.system.name]["errors"] + got[off.system.name]["errors"],
+        "on_monitor_cpu_share": monitor_cpu_share(got[on.system.name]),
+        "on_server_cpu_cores": got[on.system.name]["server_cpu_cores"],
+        "off_server_cpu_cores": got[off.system.name]["server_cpu_cores"],
+    }  # fmt: skip
+
+
+def describe_pair(pair: dict) -> str:
+    ratio = f"{pair['ratio']:.3f}" if pair["ratio"] is not None else "n/a"
+    return f"{pair['on_windows_per_s']:,.0f} / {pair['off_windows_per_s']:,.0f} windows/s = {ratio}"
+
+
+def summarize_pairs(concurrency: int, pairs: list[dict]) -> dict:
+    """Every pair, with the median, least and greatest ratio and the median CPU share."""
     ratios = sorted(p["ratio"] for p in pairs if p["ratio"] is not None)
     shares = [p["on_monitor_cpu_share"] for p in pairs if p["on_monitor_cpu_share"] is not None]
     return {

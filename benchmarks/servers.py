@@ -38,15 +38,9 @@ class System:
     runs_model: bool = True
 
 
-def systems(
-    artifacts: Path, *, naive_workers: int, service_flags: tuple[str, ...] = ()
-) -> list[System]:
-    """The four servers of the comparison, in report order.
-
-    Both service variants export /metrics on a loopback port (scraped by the bench like a
-    Prometheus would); they differ only in ``--monitoring``.
-    """
-    service = (
+def service_args(artifacts: Path, *flags: str) -> tuple[str, ...]:
+    """``python -m service`` on OS-chosen loopback ports (gRPC and /metrics), with ``flags``."""
+    return (
         "service",
         "--artifacts",
         str(artifacts),
@@ -56,8 +50,19 @@ def systems(
         "127.0.0.1",
         "--metrics-port",
         "0",
-        *service_flags,
+        *flags,
     )
+
+
+def systems(
+    artifacts: Path, *, naive_workers: int, service_flags: tuple[str, ...] = ()
+) -> list[System]:
+    """The four servers of the comparison, in report order.
+
+    Both service variants export /metrics on a loopback port (scraped by the bench like a
+    Prometheus would); they differ only in ``--monitoring``.
+    """
+    service = service_args(artifacts, *service_flags)
     return [
         System(
             "transport_ceiling",

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from service.api import pb
 from service.client import request_from_windows
 from training.artifacts import resolve_version_dir
 from training.manifest import Manifest
@@ -86,3 +87,78 @@ def payloads(windows: np.ndarray, per_request: int) -> list[bytes]:
     return [
         request_from_windows(batch).SerializeToString() for batch in batches(windows, per_request)
     ]
+
+
+# Series each lane cycles through, for every position of a request: a unary lane sends its 8
+# series in turn (each then gets tens of windows per measured point), a 64-window request holds
+# one window of each of 64 series.
+SERIES_PER_LANE = 8
+
+
+class SeriesPayloads:
+    """Requests whose windows carry a ``series_id``, lane by lane: the ``i``-th request of a lane
+    holds, at each position ``p``, the next window of series ``(lane, p, i mod J)``, and each
+    series gets consecutive held-out windows, so every window continues its series' last one
+    (what costs the realized-accuracy tracking most; a series wraps around to the first held-out
+    window once per pass). A lane keeps its place from one point to the next, so its series go
+    on continuing, on whichever server they were last sent to, with a gap of the windows sent
+    to the other one meanwhile.
+
+    Requests are built on the fly from the windows' pre-serialized values: a ``Window`` message
+    is its values field followed by its series_id field, and a request is its windows, each
+    tagged as field 1."""
+
+    def __init__(self, windows: np.ndarray, per_request: int):
+        flat = np.asarray(windows, dtype=np.float32).reshape(len(windows), -1)
+        self.values = [pb.Window(values=row).SerializeToString() for row in flat.tolist()]
+        self.per_request = per_request
+        self.series = max(1, SERIES_PER_LANE // per_request)  # J
+        self.stride = max(1, len(windows) // (per_request * self.series))
+        self._lanes: dict[str, SeriesLane] = {}
+
+    def lane(self, key: str) -> SeriesLane:
+        """The lane named ``key`` (the same object every time: it keeps its place)."""
+        return self._lanes.setdefault(key, SeriesLane(self, key))
+
+
+class SeriesLane:
+    """One lane's requests, read like a list of payloads (``lane[i % len(lane)]``), except that
+    each read returns the lane's next request whatever the index."""
+
+    def __init__(self, payloads: SeriesPayloads, key: str):
+        self._payloads = payloads
+        self._sent = 0
+        # Per position and series: the window's field header (sized for values plus this id)
+        # and its series_id field.
+        size = len(payloads.values[0])
+        fields = (
+            pb.Window(series_id=f"{key}-{p}-{s}").SerializeToString()
+            for p in range(payloads.per_request)
+            for s in range(payloads.series)
+        )
+        self._parts = [(_header(size + len(field)), field) for field in fields]
+
+    def __len__(self) -> int:
+        return len(self._payloads.values) * self._payloads.series
+
+    def __getitem__(self, _index: int) -> bytes:
+        payloads = self._payloads
+        j, n = payloads.series, len(payloads.values)
+        s, step = self._sent % j, self._sent // j
+        self._sent += 1
+        parts: list[bytes] = []
+        for p in range(payloads.per_request):
+            series = p * j + s
+            header, field = self._parts[series]
+            parts += (header, payloads.values[(series * payloads.stride + step) % n], field)
+        return b"".join(parts)
+
+
+def _header(length: int) -> bytes:
+    """The tag and length of a ``ForecastRequest.windows`` element of ``length`` bytes."""
+    out = bytearray(b"\x0a")
+    while True:
+        byte, length = length & 0x7F, length >> 7
+        out.append(byte | (0x80 if length else 0))
+        if not length:
+            return bytes(out)

@@ -1,15 +1,21 @@
 """Prometheus metrics of one service instance, built on a registry passed in (no global state).
 
 :class:`ServingMetrics` holds the request/batch metrics the service updates directly. The
-detectors' metrics come from :class:`monitoring.monitor.PredictionMonitor`, a custom collector.
+detectors' metrics come from :class:`monitoring.monitor.PredictionMonitor`, a custom collector;
+the realized-accuracy counters from :class:`RealizedAccuracyMetrics`, a custom collector over
+:class:`monitoring.realized.RealizedTotals` read at scrape time.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from monitoring.realized import OUTCOMES, RealizedTotals
 
 # Status codes the service can produce; their series exist from start-up (bounded cardinality).
 KNOWN_CODES = (
@@ -100,6 +106,90 @@ class ServingMetrics:
     def record_batch(self, windows: int) -> None:
         self.batch_size.observe(windows)
         self.windows.inc(windows)
+
+
+# Realized-accuracy counters: (name, RealizedTotals attribute, help).
+REALIZED_COUNTERS = (
+    ("forecast_realized_values", "values", "Forecast values scored against their actual value."),
+    (
+        "forecast_realized_abs_error",
+        "abs_error",
+        "Sum of |forecast - actual| over the scored values, target units.",
+    ),
+    (
+        "forecast_realized_persistence_abs_error",
+        "persistence_abs_error",
+        "Sum of |persistence - actual| over the scored values, target units (persistence: the "
+        "last target value of the window the forecast was made from).",
+    ),
+    (
+        "forecast_realized_squared_error",
+        "squared_error",
+        "Sum of (forecast - actual)^2 over the scored values, squared target units.",
+    ),
+    (
+        "forecast_realized_evicted_series",
+        "evicted_series",
+        "Tracked series dropped as least recently used (--max-tracked-series).",
+    ),
+    (
+        "forecast_realized_dropped_windows",
+        "dropped_windows",
+        "Windows with a series_id left untracked because scoring fell behind.",
+    ),
+)
+
+
+class RealizedAccuracyMetrics(Collector):
+    """Realized accuracy, as monotonic counters that sum across replicas: forecast values
+    scored against the actual values that arrived later, their absolute and squared errors and
+    the persistence forecast's absolute error (target units), and interval coverage per level.
+
+    ``totals`` is called at every scrape (it scores what waits first). Registered on
+    ``registry`` here."""
+
+    def __init__(self, registry: CollectorRegistry, totals: Callable[[], RealizedTotals]) -> None:
+        self._totals = totals
+        registry.register(self)
+
+    def collect(self) -> Iterator[Metric]:
+        t = self._totals()
+        for name, attribute, help_text in REALIZED_COUNTERS:
+            yield CounterMetricFamily(name, help_text, value=getattr(t, attribute))
+        windows = CounterMetricFamily(
+            "forecast_realized_windows",
+            "Windows with a series_id, by outcome: continued (its series' last window, whose "
+            "forecasts were scored), restarted (it did not continue it), new (series not tracked).",
+            labels=["outcome"],
+        )
+        for outcome in OUTCOMES:
+            windows.add_metric([outcome], t.windows.get(outcome, 0))
+        yield windows
+        yield GaugeMetricFamily(
+            "forecast_realized_tracked_series", "Series tracked now.", value=t.tracked_series
+        )
+        scored = CounterMetricFamily(
+            "forecast_interval_scored",
+            "Actual values that had an interval at this level (percent).",
+            labels=["level"],
+        )
+        covered = CounterMetricFamily(
+            "forecast_interval_covered",
+            "Actual values inside their interval at this level (percent), bounds included.",
+            labels=["level"],
+        )
+        nominal = GaugeMetricFamily(
+            "forecast_interval_nominal_coverage_ratio",
+            "The coverage an interval level promises: level / 100.",
+            labels=["level"],
+        )
+        for level, tally in t.intervals.items():
+            scored.add_metric([level], tally.scored)
+            covered.add_metric([level], tally.covered)
+            nominal.add_metric([level], t.nominal[level])
+        yield scored
+        yield covered
+        yield nominal
 
 
 def start_metrics_server(

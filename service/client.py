@@ -4,6 +4,7 @@
     python -m service.client health
     python -m service.client forecast --csv data.csv        # the last `window` rows
     python -m service.client forecast --json windows.json   # [[...], ...] or {"windows": ...}
+    python -m service.client forecast --csv data.csv --levels 80,95 --series-id S
 
 As a library::
 
@@ -11,6 +12,7 @@ As a library::
     with ForecastClient("localhost:50051") as client:
         info = client.info()
         forecasts = client.forecast(windows)   # numpy [n, window, features] -> [n, horizon]
+        response = client.forecast_response(windows, levels=(80, 95))  # with intervals
 """
 
 from __future__ import annotations
@@ -20,7 +22,9 @@ import csv
 import json
 import os
 import sys
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import grpc
 import numpy as np
@@ -42,14 +46,46 @@ def channel_credentials(
     )
 
 
-def request_from_windows(windows: np.ndarray) -> pb.ForecastRequest:
-    """``[n, window, features]`` -> ForecastRequest (row-major per window)."""
+def request_from_windows(
+    windows: np.ndarray, *, levels: Sequence[float] = (), series_id: str = ""
+) -> pb.ForecastRequest:
+    """``[n, window, features]`` -> ForecastRequest (row-major per window), asking for
+    intervals at ``levels`` (percent); ``series_id`` names the series of every window."""
     flat = np.asarray(windows, dtype=np.float32).reshape(len(windows), -1)
-    return pb.ForecastRequest(windows=[pb.Window(values=row) for row in flat.tolist()])
+    return pb.ForecastRequest(
+        windows=[pb.Window(values=row, series_id=series_id) for row in flat.tolist()],
+        levels=list(levels),
+    )
 
 
 def forecasts_from_response(response: pb.ForecastResponse) -> np.ndarray:
     return np.array([list(p.values) for p in response.predictions], dtype=np.float64)
+
+
+def intervals_from_response(response: pb.ForecastResponse) -> list[dict[str, Any]]:
+    """One record per level, in request order: ``{"level", "lo", "hi"}`` with ``lo`` and
+    ``hi`` ``[n][horizon]`` (target units). Empty when no levels were asked for."""
+    if not response.predictions:
+        return []
+    first = response.predictions[0].intervals
+    return [
+        {
+            "level": first[j].level,
+            "lo": [list(p.intervals[j].lo) for p in response.predictions],
+            "hi": [list(p.intervals[j].hi) for p in response.predictions],
+        }
+        for j in range(len(first))
+    ]
+
+
+def _levels(text: str) -> tuple[float, ...]:
+    """``--levels``: comma-separated percentages (the server checks their range)."""
+    try:
+        return tuple(float(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated percentages such as 80,95, got {text!r}"
+        ) from None
 
 
 class ForecastClient:
@@ -94,9 +130,13 @@ class ForecastClient:
     def forecast(self, windows: np.ndarray) -> np.ndarray:
         return forecasts_from_response(self.forecast_response(windows))
 
-    def forecast_response(self, windows: np.ndarray) -> pb.ForecastResponse:
+    def forecast_response(
+        self, windows: np.ndarray, *, levels: Sequence[float] = (), series_id: str = ""
+    ) -> pb.ForecastResponse:
         response: pb.ForecastResponse = self._stub.Forecast(
-            request_from_windows(windows), metadata=self._metadata, timeout=self._timeout
+            request_from_windows(windows, levels=levels, series_id=series_id),
+            metadata=self._metadata,
+            timeout=self._timeout,
         )
         return response
 
@@ -169,6 +209,19 @@ def build_parser() -> argparse.ArgumentParser:
     source = f.add_mutually_exclusive_group(required=True)
     source.add_argument("--csv", type=Path, help="CSV with a header naming the feature columns")
     source.add_argument("--json", type=Path, help="JSON windows in training units")
+    f.add_argument(
+        "--levels",
+        type=_levels,
+        default=(),
+        help="prediction interval levels in percent, comma-separated, e.g. 80,95 (printed as "
+        "intervals: lo and hi per window and step); none: point forecasts only",
+    )
+    f.add_argument(
+        "--series-id",
+        default="",
+        help="the series the windows belong to (Window.series_id), for realized-accuracy "
+        "tracking; at most 256 bytes",
+    )
     return parser
 
 
@@ -205,16 +258,15 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         loader = windows_from_csv if args.csv else windows_from_json
         windows = loader(source, info)
-        response = client.forecast_response(windows)
-        print(
-            json.dumps(
-                {
-                    "model_version": response.model_version,
-                    "target": info.target,
-                    "forecasts": forecasts_from_response(response).tolist(),
-                }
-            )
-        )
+        response = client.forecast_response(windows, levels=args.levels, series_id=args.series_id)
+        body: dict[str, Any] = {
+            "model_version": response.model_version,
+            "target": info.target,
+            "forecasts": forecasts_from_response(response).tolist(),
+        }
+        if args.levels:
+            body["intervals"] = intervals_from_response(response)
+        print(json.dumps(body))
         return 0
     except grpc.RpcError as exc:
         print(f"{PROG}: error: {exc.code().name}: {exc.details()}", file=sys.stderr)

@@ -69,6 +69,16 @@ class Settings:
     monitoring: bool = _setting(
         True, "run the collapse and drift detectors (serving metrics are always exported)"
     )
+    realized_tracking: bool = _setting(
+        True,
+        "score forecasts against the values later windows of the same series bring "
+        "(Window.series_id; off: series ids are checked but not tracked)",
+    )
+    max_tracked_series: int = _setting(
+        100_000,
+        "series whose last window is kept for realized accuracy; beyond it the least recently "
+        "used is dropped",
+    )
     on_collapse: str = _setting(
         "alert",
         "alert: only raise forecast_output_collapsed; unready: also turn gRPC health "
@@ -102,6 +112,8 @@ class Settings:
                 "--max-windows-per-request cannot exceed --max-queue-windows "
                 "(such a request could never be queued)"
             )
+        if self.max_tracked_series < 1:
+            raise ValueError("--max-tracked-series must be >= 1")
         if self.grace_seconds < 0 or self.max_wait_ms < 0:
             raise ValueError("--grace-seconds and --max-wait-ms must be >= 0")
         if (self.tls_cert is None) != (self.tls_key is None):

@@ -1,8 +1,9 @@
 """Domain exceptions, and the one place that maps them to gRPC status codes.
 
-The core raises :class:`InvalidWindow`, :class:`Overloaded` or :class:`ModelNotReady`; servicer
-methods contain no try/except. :class:`StatusInterceptor` turns those into
-``INVALID_ARGUMENT``, ``RESOURCE_EXHAUSTED`` and ``UNAVAILABLE``; anything unexpected becomes
+The core raises :class:`InvalidWindow` (or another :class:`InvalidRequest`), :class:`Overloaded`,
+:class:`ModelNotReady` or :class:`IntervalsUnavailable`; servicer methods contain no try/except.
+:class:`StatusInterceptor` turns those into ``INVALID_ARGUMENT``, ``RESOURCE_EXHAUSTED``,
+``UNAVAILABLE`` and ``FAILED_PRECONDITION``; anything unexpected becomes
 ``INTERNAL`` with a generic message, and the details go to the log only. It also reports
 ``(method, code, seconds)`` for every finished RPC to the recorder it is handed.
 """
@@ -41,6 +42,12 @@ class Overloaded(ForecastError):
 
 class ModelNotReady(ForecastError):
     code = grpc.StatusCode.UNAVAILABLE
+
+
+class IntervalsUnavailable(ForecastError):
+    """Interval levels were asked of a version trained without an interval calibration."""
+
+    code = grpc.StatusCode.FAILED_PRECONDITION
 
 
 INTERNAL_MESSAGE = "internal error; the server logged the details"

@@ -1,8 +1,9 @@
 """The forecaster core: raw windows -> scaled inputs -> compiled model -> forecasts in target units.
 
-No gRPC here. Scaling and the inverse transform come from ``training.transform``, the one
-implementation shared with training. The model runs as a ``tf.function`` (XLA by default) on a
-bounded set of padded batch shapes ("buckets"), each compiled during :meth:`warm_up`.
+No gRPC here. Scaling and the inverse transform come from ``training.transform``, and prediction
+intervals from ``training.intervals``: the implementations shared with training. The model runs
+as a ``tf.function`` (XLA by default) on a bounded set of padded batch shapes ("buckets"), each
+compiled during :meth:`warm_up`.
 """
 
 from __future__ import annotations
@@ -11,12 +12,15 @@ import bisect
 import logging
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import tensorflow as tf
 
+from service.errors import IntervalsUnavailable
 from training.artifacts import Artifacts
+from training.intervals import Conformal, ForecastIntervals
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +41,8 @@ class Forecaster:
     def __init__(self, artifacts: Artifacts, *, buckets: tuple[int, ...], jit_compile: bool = True):
         self.artifacts = artifacts
         self.transform = artifacts.transform()
+        calibration = artifacts.manifest.intervals
+        self._conformal = None if calibration is None else Conformal(calibration, self.transform)
         self.buckets = tuple(sorted(buckets))
         model = artifacts.model
         spec = tf.TensorSpec([None, self.transform.steps, self.transform.channels], tf.float32)
@@ -58,6 +64,26 @@ class Forecaster:
     @property
     def n_features(self) -> int:
         return self.transform.n_features
+
+    def check_levels(self, levels: Sequence[float]) -> None:
+        """Refuse interval levels when the version has no calibration for them."""
+        if levels and self._conformal is None:
+            raise self._no_calibration()
+
+    def intervals(
+        self, raw_windows: np.ndarray, forecasts: np.ndarray, levels: Sequence[float]
+    ) -> ForecastIntervals:
+        """The calibrated intervals of ``forecasts`` ``[n, horizon]`` made from ``raw_windows``,
+        at ``levels`` (percent, each in (0, 100): see ``service.convert``)."""
+        if self._conformal is None:
+            raise self._no_calibration()
+        return self._conformal.bounds(forecasts, raw_windows, levels)
+
+    def _no_calibration(self) -> IntervalsUnavailable:
+        return IntervalsUnavailable(
+            f"version {self.version} was trained without an interval calibration and serves "
+            "point forecasts only: ask without levels, or serve a version trained with one"
+        )
 
     def warm_up(self, stop: threading.Event | None = None) -> float:
         """Compile every bucket once (stopping early when ``stop`` is set, e.g. by SIGTERM).

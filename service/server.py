@@ -2,8 +2,9 @@
 
 :func:`create_server` builds the parts in dependency order, each complete when built: the health
 statuses, the window queue, the metrics (reading the queue's depth), the monitor (reporting
-collapse changes to the health statuses), the batcher (feeding the metrics and the monitor),
-then the gRPC server around them.
+collapse changes to the health statuses), the realized-accuracy tracker, the batcher (feeding
+the metrics and the monitor, and giving the tracker the monitoring thread's time), then the gRPC
+server around them.
 """
 
 from __future__ import annotations
@@ -21,8 +22,9 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import CollectorRegistry
 
-from monitoring.metrics import ServingMetrics, start_metrics_server
+from monitoring.metrics import RealizedAccuracyMetrics, ServingMetrics, start_metrics_server
 from monitoring.monitor import PredictionMonitor
+from monitoring.realized import RealizedAccuracy
 from service.announce import GRPC_LISTENING, METRICS_LISTENING
 from service.api import FORECAST_METHODS, SERVICE_NAME, pb_grpc
 from service.auth import BearerTokenInterceptor
@@ -32,6 +34,7 @@ from service.errors import Recorder, StatusInterceptor
 from service.forecaster import BatchResult, Forecaster
 from service.servicer import ForecastServicer, model_info
 from training.artifacts import Artifacts
+from training.intervals import REPORTED_LEVELS
 
 log = logging.getLogger(__name__)
 
@@ -110,6 +113,7 @@ class RunningServer:
     batcher: MicroBatcher
     forecaster: Forecaster
     monitor: PredictionMonitor | None = None
+    realized: RealizedAccuracy | None = None
     stop_warm_up: threading.Event = field(default_factory=threading.Event)
 
     @property
@@ -143,7 +147,8 @@ async def create_server(
 
     Bind ``address`` with port 0 to let the OS pick a free port; the chosen port is returned.
     With a ``registry``, serving metrics (and, unless ``settings.monitoring`` is off, the
-    collapse and drift detectors) are registered on it. ``observers`` also see every batch.
+    collapse and drift detectors, and unless ``settings.realized_tracking`` is off, the
+    realized-accuracy counters) are registered on it. ``observers`` also see every batch.
     """
     forecaster = Forecaster(
         artifacts, buckets=settings.batch_buckets, jit_compile=settings.jit_compile
@@ -152,18 +157,19 @@ async def create_server(
     queue = WindowQueue(settings.max_queue_windows)
     metrics = _serving_metrics(registry, artifacts, device, queue)
     monitor = _prediction_monitor(settings, artifacts, registry, status.on_collapse_change)
+    realized = _realized_accuracy(settings, artifacts, registry)
     batcher = MicroBatcher(
         forecaster.predict,
         queue,
         max_batch_size=settings.max_batch_size,
         max_wait_s=settings.max_wait_ms / 1000.0,
-        observers=(*observers, *_batch_observers(metrics, monitor)),
-        on_idle=IdleHook(monitor.flush, monitor.max_delay) if monitor is not None else None,
+        observers=(*observers, *_batch_observers(metrics, monitor, realized)),
+        on_idle=_idle_hook(monitor, realized),
     )
     server = _grpc_server(settings, _rpc_recorder(metrics) if metrics is not None else None)
-    _add_services(server, settings, forecaster, batcher, status.servicer, device)
+    _add_services(server, settings, forecaster, batcher, status.servicer, device, realized)
     port, security = _bind(server, settings)
-    running = RunningServer(server, port, status, batcher, forecaster, monitor)
+    running = RunningServer(server, port, status, batcher, forecaster, monitor, realized)
     await status.set_serving(False)
     await server.start()
     batcher.start()
@@ -247,8 +253,32 @@ def _prediction_monitor(
     return monitor
 
 
+def _realized_accuracy(
+    settings: Settings, artifacts: Artifacts, registry: CollectorRegistry | None
+) -> RealizedAccuracy | None:
+    """Series tracking and scoring, its counters registered on ``registry``; None without a
+    registry or with ``--realized-tracking`` off (series ids are still checked)."""
+    if registry is None or not settings.realized_tracking:
+        return None
+    if artifacts.window < 2:
+        log.warning("realized accuracy off: a window of one row never continues another")
+        return None
+    realized = RealizedAccuracy(
+        window=artifacts.window,
+        horizon=artifacts.horizon,
+        n_features=len(artifacts.feature_names),
+        target_index=artifacts.manifest.transform.target_index,
+        max_series=settings.max_tracked_series,
+        levels=REPORTED_LEVELS if artifacts.manifest.intervals is not None else (),
+    )
+    RealizedAccuracyMetrics(registry, realized.totals)
+    return realized
+
+
 def _batch_observers(
-    metrics: ServingMetrics | None, monitor: PredictionMonitor | None
+    metrics: ServingMetrics | None,
+    monitor: PredictionMonitor | None,
+    realized: RealizedAccuracy | None,
 ) -> tuple[BatchObserver, ...]:
     observers: list[BatchObserver] = []
     if metrics is not None:
@@ -260,7 +290,27 @@ def _batch_observers(
             monitor.observe(rows, result.raw_output, result.forecasts)
 
         observers.append(observe)
+    if realized is not None:
+        # The windows come from the servicer once answered; the monitoring thread scores them
+        # in its own time, between batches.
+        observers.append(lambda result: realized.poll())
     return tuple(observers)
+
+
+def _idle_hook(
+    monitor: PredictionMonitor | None, realized: RealizedAccuracy | None
+) -> IdleHook | None:
+    """What the monitoring thread does when traffic pauses: apply what the detectors buffer,
+    and score what waits."""
+    parts = [part for part in (monitor, realized) if part is not None]
+    if not parts:
+        return None
+
+    def idle() -> None:
+        for part in parts:
+            part.flush()
+
+    return IdleHook(idle, min(part.max_delay for part in parts))
 
 
 def _rpc_recorder(metrics: ServingMetrics) -> Recorder:
@@ -296,6 +346,7 @@ def _add_services(
     batcher: MicroBatcher,
     health_servicer: health.aio.HealthServicer,
     device: str,
+    realized: RealizedAccuracy | None,
 ) -> None:
     """The forecast service, gRPC health and reflection."""
     info = model_info(
@@ -306,6 +357,7 @@ def _add_services(
         batcher,
         max_windows_per_request=settings.max_windows_per_request,
         model_info=info,
+        realized=realized,
     )
     pb_grpc.add_ForecastServiceServicer_to_server(servicer, server)  # type: ignore[no-untyped-call]
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

@@ -4,20 +4,37 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Awaitable
-from typing import Any
+from typing import Any, NamedTuple
 
 import grpc
 import numpy as np
 
+from monitoring.realized import RealizedAccuracy
 from service.api import pb, pb_grpc
 from service.batching import MicroBatcher
-from service.convert import response_from_forecasts, windows_from_request
-from service.errors import InvalidWindow
+from service.convert import (
+    levels_from_request,
+    response_from_forecasts,
+    series_ids_from_request,
+    windows_from_request,
+)
+from service.errors import ForecastError, InvalidWindow
 from service.forecaster import Forecaster
 from training.baselines import Baselines
+from training.intervals import IntervalCalibration
 
 # Messages of one stream that may be in the model pipeline at once.
 STREAM_IN_FLIGHT = 32
+
+
+class _Pending(NamedTuple):
+    """A stream message in the model pipeline: its windows, levels, series ids and forecasts
+    to come."""
+
+    windows: np.ndarray
+    levels: tuple[float, ...]
+    series_ids: list[str] | None
+    forecasts: asyncio.Future[np.ndarray]
 
 
 class ForecastServicer(pb_grpc.ForecastServiceServicer):
@@ -28,19 +45,54 @@ class ForecastServicer(pb_grpc.ForecastServiceServicer):
         *,
         max_windows_per_request: int,
         model_info: pb.ModelInfo,
+        realized: RealizedAccuracy | None = None,
     ):
+        """``realized``: where windows with a series id go to be scored later (None: off)."""
         self._forecaster = forecaster
         self._batcher = batcher
         self._max_windows = max_windows_per_request
         self._info = model_info
+        self._realized = realized
 
-    def _windows(self, request: pb.ForecastRequest) -> np.ndarray:
-        return windows_from_request(
+    def _parse(
+        self, request: pb.ForecastRequest
+    ) -> tuple[np.ndarray, tuple[float, ...], list[str] | None]:
+        """The request's raw windows, interval levels and series ids, checked."""
+        windows = windows_from_request(
             request,
             window=self._forecaster.window,
             n_features=self._forecaster.n_features,
             max_windows=self._max_windows,
         )
+        levels = levels_from_request(request)
+        self._forecaster.check_levels(levels)
+        return windows, levels, series_ids_from_request(request)
+
+    def _answer(
+        self,
+        windows: np.ndarray,
+        levels: tuple[float, ...],
+        series_ids: list[str] | None,
+        forecasts: np.ndarray,
+    ) -> pb.ForecastResponse:
+        """The response to one request (or stream message); intervals only when asked for."""
+        intervals = self._forecaster.intervals(windows, forecasts, levels) if levels else None
+        # Per request, for realized-accuracy scoring: forecasts [n, horizon] float64 and, with
+        # levels, intervals.levels (percent, request order) and intervals.lo / intervals.hi
+        # [n, L, horizon] float64, target units; intervals is None without levels.
+        if series_ids is not None and self._realized is not None:  # scored off the event loop
+            if intervals is None:
+                self._realized.submit(series_ids, windows, forecasts)
+            else:
+                self._realized.submit(
+                    series_ids,
+                    windows,
+                    forecasts,
+                    levels=intervals.levels,
+                    lower=intervals.lo,
+                    upper=intervals.hi,
+                )
+        return response_from_forecasts(forecasts, self._forecaster.version, intervals)
 
     @staticmethod
     def _deadline(context: grpc.aio.ServicerContext[Any, Any]) -> float | None:
@@ -50,8 +102,9 @@ class ForecastServicer(pb_grpc.ForecastServiceServicer):
     async def Forecast(
         self, request: pb.ForecastRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.ForecastResponse:
-        forecasts = await self._batcher.submit(self._windows(request), self._deadline(context))
-        return response_from_forecasts(forecasts, self._forecaster.version)
+        windows, levels, series_ids = self._parse(request)
+        forecasts = await self._batcher.submit(windows, self._deadline(context))
+        return self._answer(windows, levels, series_ids, forecasts)
 
     async def StreamForecast(
         self,
@@ -60,10 +113,11 @@ class ForecastServicer(pb_grpc.ForecastServiceServicer):
     ) -> AsyncIterator[pb.ForecastResponse]:
         """Messages are validated and submitted as they arrive (up to STREAM_IN_FLIGHT at once)
         and answered strictly in order. A bad message ends the stream with INVALID_ARGUMENT
-        after the responses to every earlier message."""
+        (FAILED_PRECONDITION for levels a version cannot serve) after the responses to every
+        earlier message."""
         slots = asyncio.Semaphore(STREAM_IN_FLIGHT)
-        # Futures, an exception, or None at the end.
-        queue: asyncio.Queue[asyncio.Future[np.ndarray] | Exception | None] = asyncio.Queue()
+        # Pending messages, an exception, or None at the end.
+        queue: asyncio.Queue[_Pending | Exception | None] = asyncio.Queue()
         deadline = self._deadline(context)
 
         async def read() -> None:
@@ -71,16 +125,15 @@ class ForecastServicer(pb_grpc.ForecastServiceServicer):
             try:
                 async for request in request_iterator:
                     try:
-                        windows = self._windows(request)
-                    except InvalidWindow as exc:
-                        queue.put_nowait(InvalidWindow(f"message {index}: {exc}"))
+                        windows, levels, series_ids = self._parse(request)
+                    except ForecastError as exc:
+                        queue.put_nowait(type(exc)(f"message {index}: {exc}"))
                         return
                     await slots.acquire()
-                    queue.put_nowait(
-                        asyncio.ensure_future(
-                            _with_message_index(index, self._batcher.submit(windows, deadline))
-                        )
+                    forecasts = asyncio.ensure_future(
+                        _with_message_index(index, self._batcher.submit(windows, deadline))
                     )
+                    queue.put_nowait(_Pending(windows, levels, series_ids, forecasts))
                     index += 1
             finally:
                 queue.put_nowait(None)
@@ -90,16 +143,16 @@ class ForecastServicer(pb_grpc.ForecastServiceServicer):
             while (item := await queue.get()) is not None:
                 if isinstance(item, Exception):
                     raise item
-                forecasts = await item
+                forecasts = await item.forecasts
                 slots.release()
-                yield response_from_forecasts(forecasts, self._forecaster.version)
+                yield self._answer(item.windows, item.levels, item.series_ids, forecasts)
             await reader  # surfaces a failure of the request stream itself
         finally:
             reader.cancel()
             while not queue.empty():
                 item = queue.get_nowait()
-                if isinstance(item, asyncio.Future):
-                    item.cancel()
+                if isinstance(item, _Pending):
+                    item.forecasts.cancel()
 
     async def GetModelInfo(
         self, request: pb.GetModelInfoRequest, context: grpc.aio.ServicerContext[Any, Any]
@@ -157,8 +210,19 @@ def model_info(
         max_windows_per_request=max_windows_per_request,
         created_at=manifest.created_at,
         device=device,
+        intervals=_interval_scores(manifest.intervals),
         **_baseline_fields(manifest.baselines),
     )
+
+
+def _interval_scores(intervals: IntervalCalibration | None) -> list[pb.IntervalScore]:
+    """The served intervals' test coverage and width; none for versions without them."""
+    if intervals is None:
+        return []
+    return [
+        pb.IntervalScore(level=s.level, coverage=s.coverage, mean_width=s.mean_width)
+        for s in intervals.test
+    ]
 
 
 def _baseline_fields(baselines: Baselines | None) -> dict[str, Any]:

@@ -24,8 +24,9 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
-from monitoring.metrics import ServingMetrics
+from monitoring.metrics import RealizedAccuracyMetrics, ServingMetrics
 from monitoring.monitor import PredictionMonitor
+from monitoring.realized import RealizedAccuracy
 from monitoring.reference import MonitorSpec
 from service.api import FORECAST_METHODS
 from training.manifest import Manifest
@@ -48,14 +49,32 @@ SEVERITIES = {"critical", "warning"}
 def exported_series(manifest: Manifest) -> dict[str, set[str]]:
     """Series names the service exports -> their label names, from the service's own metric
     classes on a fresh registry (the names Prometheus stores: ``_total``, ``_bucket``...)."""
-    registry = CollectorRegistry()
-    ServingMetrics(registry, methods=FORECAST_METHODS, model_labels=model_labels(manifest))
-    registry.register(PredictionMonitor(_monitor_spec(manifest)))
+    registry = service_registry(manifest)
     series: dict[str, set[str]] = {}
     for family in registry.collect():
         for sample in family.samples:
             series.setdefault(sample.name, set()).update(sample.labels)
     return series
+
+
+# The interval levels whose series a server exports from start-up (a version with intervals).
+PRESET_LEVELS = (80.0, 95.0)
+
+
+def service_registry(manifest: Manifest) -> CollectorRegistry:
+    """A fresh registry with every metric class the service registers for ``manifest``."""
+    registry = CollectorRegistry()
+    ServingMetrics(registry, methods=FORECAST_METHODS, model_labels=model_labels(manifest))
+    registry.register(PredictionMonitor(_monitor_spec(manifest)))
+    realized = RealizedAccuracy(
+        window=manifest.window,
+        horizon=manifest.horizon,
+        n_features=len(manifest.feature_names),
+        target_index=manifest.transform.target_index,
+        levels=PRESET_LEVELS,
+    )
+    RealizedAccuracyMetrics(registry, realized.totals)
+    return registry
 
 
 def _monitor_spec(manifest: Manifest) -> MonitorSpec:
@@ -304,9 +323,7 @@ def test_sample_prometheus_config_passes_promtool_check(promtool_binary: str):
 
 
 def test_service_metrics_exposition_passes_promtool_lint(promtool_binary: str, manifest: Manifest):
-    registry = CollectorRegistry()
-    ServingMetrics(registry, methods=FORECAST_METHODS, model_labels=model_labels(manifest))
-    registry.register(PredictionMonitor(_monitor_spec(manifest)))
+    registry = service_registry(manifest)
     result = run_promtool(promtool_binary, "check", "metrics", stdin=generate_latest(registry))
     assert result.returncode == 0, result.stdout.decode() + result.stderr.decode()
 
@@ -427,6 +444,8 @@ def test_required_alerts_exist_with_their_durations_and_severities(alert_rules: 
         "ForecastHighLatency": ("warning", 600),
         "ForecastFleetPredictionVarianceLow": ("critical", 300),
         "ForecastServiceDown": ("critical", 120),
+        "ForecastWorseThanPersistence": ("warning", 300),
+        "ForecastIntervalUndercoverage": ("warning", 600),
     }
     for name, (severity, duration) in expected.items():
         assert name in alert_rules, f"missing alert {name}"
@@ -434,6 +453,30 @@ def test_required_alerts_exist_with_their_durations_and_severities(alert_rules: 
         assert alert_rules[name]["duration"] == duration, name
     assert "forecast_output_collapsed == 1" in alert_rules["ForecastOutputCollapsed"]["query"]
     assert "forecast_input_drifted == 1" in alert_rules["ForecastInputScaleDrift"]["query"]
+
+
+def test_realized_accuracy_alerts_pool_the_job_over_their_windows_with_a_guard(
+    alert_rules: dict, recording_rules: dict
+):
+    """Worse than persistence: the job's summed abs-error rate over persistence's, over 30
+    minutes, above 1.0, with at least 500 scored values. Undercoverage: per level, coverage over
+    an hour more than 10 points below level / 100, with at least 500 scored values."""
+    ratio = recording_rules["job:forecast_realized_abs_error_vs_persistence:ratio_rate30m"]
+    assert "sum by (job) (rate(forecast_realized_abs_error_total[30m]))" in ratio["query"]
+    assert (
+        "sum by (job) (rate(forecast_realized_persistence_abs_error_total[30m]))"
+        in (ratio["query"])
+    )
+    values = recording_rules["job:forecast_realized_values:increase30m"]["query"]
+    assert values == "sum by (job) (increase(forecast_realized_values_total[30m]))"
+    worse = alert_rules["ForecastWorseThanPersistence"]["query"]
+    assert "ratio_rate30m > 1" in worse and "increase30m >= 500" in worse
+    coverage = recording_rules["job:forecast_interval_coverage:ratio_rate1h"]["query"]
+    assert "sum by (job, level) (rate(forecast_interval_covered_total[1h]))" in coverage
+    assert "sum by (job, level) (rate(forecast_interval_scored_total[1h]))" in coverage
+    under = alert_rules["ForecastIntervalUndercoverage"]["query"]
+    assert "forecast_interval_nominal_coverage_ratio) - 0.1" in under
+    assert "job:forecast_interval_scored:increase1h >= 500" in under
 
 
 def test_every_alert_has_severity_summary_description_and_runbook(alert_rules: dict):
@@ -467,8 +510,9 @@ def test_runbooks_name_the_known_causes(alert_rules: dict):
 
 
 def test_rule_labels_stay_bounded(loaded_rules: list[dict]):
-    """Aggregations keep only target labels (plus `feature`): no per-request label leaks in."""
-    allowed = TARGET_LABELS | {"feature", "le"}
+    """Aggregations keep only target labels (plus `feature`, and `level`, which the service caps
+    at 16 values): no per-request label leaks in."""
+    allowed = TARGET_LABELS | {"feature", "le", "level"}
     for rule in loaded_rules:
         for clause in re.findall(r"\b(?:by|on)\s*\(([^)]*)\)", rule["query"]):
             labels = {label.strip() for label in clause.split(",") if label.strip()}

@@ -16,6 +16,8 @@ from benchmarks.quality import (
     TrainingRun,
     baselines_for,
     build_parser,
+    console_table,
+    interval_rows,
     main,
     series_result,
 )
@@ -238,6 +240,55 @@ def test_series_result_without_statistical_baselines_is_not_measured(tmp_path):
     assert record["targets"]["vs_best_statistical"]["met"] is None
 
 
+def _interval_scores(c80: float, w80: float, c95: float, w95: float) -> list[dict]:
+    return [
+        {"level": 80.0, "coverage": c80, "mean_width": w80},
+        {"level": 95.0, "coverage": c95, "mean_width": w95},
+    ]
+
+
+def test_series_result_reads_the_intervals_and_autoets_intervals(tmp_path):
+    ets = _score("AutoETS", 0.9, 0.8, 24)
+    ets["test_intervals"] = _interval_scores(0.70, 4.0, 0.90, 6.0)
+    ets["note"] = "ETS ANA"
+    report = _report(0.5, 0.5, [_score("persistence", 1.0, 1.0), ets])
+    report["intervals"] = {
+        "method": "absolute",
+        "scores": [[0.1] * 100],
+        "test": _interval_scores(0.84, 2.0, 0.95, 3.0),
+        "methods": {
+            "normalized": _interval_scores(0.81, 2.2, 0.96, 3.3),
+            "absolute": _interval_scores(0.84, 2.0, 0.95, 3.0),
+        },
+    }
+
+    record = series_result(DATASETS["synthetic"], 6000, _run_with_report(tmp_path, report), None)
+
+    intervals = record["intervals"]
+    assert intervals["methods"] == ["absolute", "normalized"]  # the served one first
+    assert intervals["calibration_windows"] == 100
+    at80, at95 = intervals["levels"]
+    assert at80["methods"]["normalized"] == {"coverage": 0.81, "mean_width": 2.2}
+    assert at80["AutoETS"] == {"coverage": 0.70, "mean_width": 4.0}
+    assert at80["width_vs_AutoETS"] == pytest.approx(0.5)
+    assert at80["coverage_target"]["met"] is False  # 84 % is 4 points off 80 %
+    assert at95["coverage_target"]["met"] is True
+    results = {"series": [record]}
+    header, (row,) = interval_rows(results)
+    assert header[3] == "80% absolute (served)" and header[5] == "80% AutoETS"
+    assert row[3] == "84.0% / 2" and row[5] == "70.0% / 4" and row[6] == "0.50"
+    assert row[-1] == "80% MISSED, 95% met"
+
+
+def test_series_result_without_intervals_leaves_them_out(tmp_path):
+    report = _report(0.5, 0.5, [_score("persistence", 1.0, 1.0)])
+    record = series_result(DATASETS["synthetic"], 6000, _run_with_report(tmp_path, report), None)
+    assert record["intervals"] is None
+    assert "Prediction intervals" not in console_table(
+        {"series": [record | {"frequency": "hourly"}]}
+    )
+
+
 def test_series_result_of_a_run_without_report_measures_nothing(tmp_path):
     log = tmp_path / "train.log"
     log.write_text("Traceback\nModuleNotFoundError: no module\n")
@@ -296,6 +347,10 @@ def test_quality_smoke_run_on_one_short_series(tmp_path, capsys):
     assert results["extra_training_args"] == ["--epochs", "1", "--units", "8", "--window", "24"]
     markdown = (tmp_path / "quality.md").read_text()
     assert "Not the defaults" in markdown and "seattle_weather" in markdown
+    intervals = record["intervals"]
+    assert [level["level"] for level in intervals["levels"]] == [80.0, 95.0]
+    assert all(level["AutoETS"] is not None for level in intervals["levels"])
+    assert "## Prediction intervals" in markdown
     assert out.rstrip().splitlines()[-1] == (
         f"results: {tmp_path / 'quality.json'} and {tmp_path / 'quality.md'}"
     )

@@ -58,6 +58,15 @@ REQUIRED_PANELS = {
     "Fleet input mean and std (training-std units)": {
         f"forecast_input_standardized_{part}" for part in SUFFICIENT_STATISTICS
     },
+    "Realized MAE ratio vs persistence": {
+        "forecast_realized_abs_error",
+        "forecast_realized_persistence_abs_error",
+    },
+    "Interval coverage per level": {
+        "forecast_interval_covered",
+        "forecast_interval_scored",
+        "forecast_interval_nominal_coverage_ratio",
+    },
 }
 
 _LABEL_VALUES = re.compile(r"^\s*label_values\((?:(.*),)?\s*(\w+)\s*\)\s*$")
@@ -200,6 +209,12 @@ def test_drift_panels_are_per_feature(dashboard: dict):
         if panel["title"].startswith("Input ") and "fleet" not in panel["title"].lower():
             for target in panel["targets"]:
                 assert "{{feature}}" in target["legendFormat"], panel["title"]
+
+
+def test_coverage_panel_is_per_level(dashboard: dict):
+    (panel,) = [p for p in panels(dashboard) if p["title"] == "Interval coverage per level"]
+    for target in panel["targets"]:
+        assert "by (level)" in target["expr"] and "{{level}}" in target["legendFormat"]
 
 
 def test_provisioning_points_grafana_at_the_dashboards_and_prometheus():

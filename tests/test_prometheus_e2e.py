@@ -1,19 +1,30 @@
 """End to end: real service processes, scraped by a real Prometheus running alerts.yml.
 
-Three ``python -m service`` processes run side by side, each on OS-chosen gRPC and metrics
+Four ``python -m service`` processes run side by side, each on OS-chosen gRPC and metrics
 ports, and one Prometheus (the Debian binary, loopback, 1 s scrape and evaluation intervals)
-scrapes them with ``deploy/prometheus/alerts.yml`` loaded:
+scrapes them with ``deploy/prometheus/alerts.yml`` loaded. Three form the job ``forecast``:
 
 * ``collapsed``: a copy of the session's model with its output layer zeroed (constant output),
   re-sealed with correct checksums, receiving varied real windows;
 * ``scaled``: the healthy model receiving the same windows multiplied by 10;
-* ``healthy``: the healthy model receiving the windows as they are.
+* ``healthy``: the healthy model receiving the windows as they are, under a ``series_id`` and
+  with intervals at 80 and 95 %, so its forecasts are scored as the series goes on;
+
+and the fourth, alone in the job ``forecast-shifted``:
+
+* ``shifted``: a copy of the session's model whose every forecast is twice the validation
+  persistence MAE too high (``training.faults.shift``), receiving what ``healthy`` receives.
 
 Traffic flows from one thread per service until ``ForecastOutputCollapsed`` fires for the
-collapsed instance and ``ForecastInputScaleDrift`` for the scaled one; then nothing may have
-fired (or even gone pending, for the model-health alerts) for the healthy instance. Prometheus's
-``instance`` label (the metrics address) tells the three apart. The same running stack then
-serves a second check: every query of the Grafana dashboard returns data.
+collapsed instance and ``ForecastInputScaleDrift`` for the scaled one, and the realized-accuracy
+alerts (``ForecastWorseThanPersistence``, ``ForecastIntervalUndercoverage``) fire for the
+shifted job; then nothing may have fired (or even gone pending, for the model-health and
+realized-accuracy alerts) for the healthy instance or its job. Prometheus loads ``alerts.yml``
+as shipped, except that the ``for:`` of the two realized-accuracy alerts (5 and 10 minutes) is
+cut to :data:`REALIZED_FOR` so that they fire within the test: their expressions, windows and
+thresholds are the shipped ones, and the promtool cases hold the full ``for:`` periods.
+Prometheus's ``instance`` label (the metrics address) tells the instances apart. The same
+running stack then serves a second check: every query of the Grafana dashboard returns data.
 
 The windows come from the built-in synthetic series with the session model's training flags,
 imputed over the training rows as training did, in time order. They are the validation rows:
@@ -34,6 +45,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
+import yaml
 from service_process import ServiceProcess
 from test_alerts import ALERTS_FILE, PrometheusServer, metric_names
 from test_grafana_dashboard import DASHBOARD_FILE, as_promql, expressions
@@ -41,7 +53,8 @@ from test_grafana_dashboard import DASHBOARD_FILE, as_promql, expressions
 from service.api import FORECAST_METHODS
 from service.client import ForecastClient
 from training.data import chronological_split, impute, synthetic_series
-from training.faults import zero_head
+from training.faults import shift, zero_head
+from training.manifest import Manifest
 from training.train import build_parser
 from training.transform import sliding_windows
 
@@ -55,9 +68,13 @@ POLL_INTERVAL_S = 2.0
 WINDOWS_PER_REQUEST = 8
 REQUEST_PAUSE_S = 0.2  # <= 5 requests (40 windows)/s per service: plenty for the detectors
 DRIFT_SCALE = 10.0
+LEVELS = (80.0, 95.0)
+SHIFTED_JOB = "forecast-shifted"
+REALIZED_FOR = "10s"
 
 
 MODEL_HEALTH_ALERTS = ("ForecastOutputCollapsed", "ForecastInputScaleDrift")
+REALIZED_ALERTS = ("ForecastWorseThanPersistence", "ForecastIntervalUndercoverage")
 
 
 # -------------------------------------------------------------------------------------------
@@ -66,15 +83,22 @@ MODEL_HEALTH_ALERTS = ("ForecastOutputCollapsed", "ForecastInputScaleDrift")
 
 
 class Traffic(threading.Thread):
-    """Sends ``windows`` in time order, a few per request, round and round, until stopped."""
+    """Sends ``windows`` in time order, a few per request, round and round, until stopped;
+    with a ``series_id``, under that id and asking for intervals at LEVELS."""
 
     def __init__(
-        self, name: str, service: ServiceProcess, windows: np.ndarray, stop: threading.Event
+        self,
+        name: str,
+        service: ServiceProcess,
+        windows: np.ndarray,
+        stop: threading.Event,
+        series_id: str = "",
     ):
         super().__init__(name=f"traffic-{name}", daemon=True)
         self.service = service
         self.windows = windows
         self.stop_event = stop
+        self.series_id = series_id
         self.requests = 0
         self.errors: list[str] = []
 
@@ -83,8 +107,11 @@ class Traffic(threading.Thread):
             start = 0
             while not self.stop_event.is_set():
                 rows = (start + np.arange(WINDOWS_PER_REQUEST)) % len(self.windows)
+                levels = LEVELS if self.series_id else ()
                 try:
-                    client.forecast(self.windows[rows])
+                    client.forecast_response(
+                        self.windows[rows], levels=levels, series_id=self.series_id
+                    )
                     self.requests += 1
                 except grpc.RpcError as exc:
                     self.errors.append(f"{exc.code().name}: {exc.details()}")
@@ -129,8 +156,18 @@ def collapsed_version(trained_version: Path, tmp_path_factory: pytest.TempPathFa
 
 
 @pytest.fixture(scope="module")
+def shifted_version(trained_version: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Forecasts off by twice the validation persistence MAE: worse than persistence."""
+    by = 2.0 * Manifest.load(trained_version).metrics["val"].persistence_mae
+    return shift(trained_version, tmp_path_factory.mktemp("shifted-artifacts"), by)
+
+
+@pytest.fixture(scope="module")
 def services(
-    trained_version: Path, collapsed_version: Path, tmp_path_factory: pytest.TempPathFactory
+    trained_version: Path,
+    collapsed_version: Path,
+    shifted_version: Path,
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[dict[str, ServiceProcess]]:
     workdir = tmp_path_factory.mktemp("services")
     running: dict[str, ServiceProcess] = {}
@@ -139,6 +176,7 @@ def services(
             ("collapsed", collapsed_version),
             ("scaled", trained_version),
             ("healthy", trained_version),
+            ("shifted", shifted_version),
         ):
             running[name] = ServiceProcess(
                 artifacts, workdir / f"service-{name}.log", "--grace-seconds", "1", metrics=True
@@ -153,6 +191,21 @@ def services(
             service.close(grace=15)
 
 
+def realized_for_shortened(directory: Path) -> Path:
+    """A copy of alerts.yml whose realized-accuracy alerts wait REALIZED_FOR, not minutes."""
+    rules = yaml.safe_load(ALERTS_FILE.read_text())
+    shortened = 0
+    for group in rules["groups"]:
+        for rule in group["rules"]:
+            if rule.get("alert") in REALIZED_ALERTS:
+                rule["for"] = REALIZED_FOR
+                shortened += 1
+    assert shortened == len(REALIZED_ALERTS), "alerts.yml lost a realized-accuracy alert"
+    path = directory / "alerts.yml"
+    path.write_text(yaml.safe_dump(rules, sort_keys=False))
+    return path
+
+
 @pytest.fixture(scope="module")
 def prometheus(
     prometheus_binary: str,
@@ -161,12 +214,18 @@ def prometheus(
 ) -> Iterator[PrometheusServer]:
     config = {
         "global": {"scrape_interval": "1s", "scrape_timeout": "1s", "evaluation_interval": "1s"},
-        "rule_files": [str(ALERTS_FILE)],
+        "rule_files": [str(realized_for_shortened(tmp_path_factory.mktemp("rules")))],
         "scrape_configs": [
             {
                 "job_name": "forecast",
-                "static_configs": [{"targets": [s.metrics_target for s in services.values()]}],
-            }
+                "static_configs": [
+                    {"targets": [s.metrics_target for n, s in services.items() if n != "shifted"]}
+                ],
+            },
+            {
+                "job_name": SHIFTED_JOB,
+                "static_configs": [{"targets": [services["shifted"].metrics_target]}],
+            },
         ],
     }
     server = PrometheusServer(prometheus_binary, config, tmp_path_factory.mktemp("prometheus"))
@@ -186,9 +245,15 @@ def traffic(
         "collapsed": validation_windows,
         "scaled": validation_windows * DRIFT_SCALE,
         "healthy": validation_windows,
+        "shifted": validation_windows,
     }
+    # Only these two are tracked: the job forecast's realized accuracy is the healthy one's.
+    series = {"healthy": "validation", "shifted": "validation"}
     stop = threading.Event()
-    senders = {name: Traffic(name, services[name], windows[name], stop) for name in services}
+    senders = {
+        name: Traffic(name, services[name], windows[name], stop, series.get(name, ""))
+        for name in services
+    }
     for sender in senders.values():
         sender.start()
     try:
@@ -214,6 +279,15 @@ def firing(alerts: list[dict], name: str, instance: str) -> list[dict]:
     ]
 
 
+def firing_for_job(alerts: list[dict], name: str, job: str) -> list[dict]:
+    """Firing alerts ``name`` of a whole job (no instance label)."""
+    return [
+        a
+        for a in alerts
+        if a["labels"]["alertname"] == name and a["labels"]["job"] == job and a["state"] == "firing"
+    ]
+
+
 def diagnosis(
     prometheus: PrometheusServer,
     services: dict[str, ServiceProcess],
@@ -228,6 +302,9 @@ def diagnosis(
         "forecast_prediction_responsiveness_ratio",
         "forecast_input_drifted",
         "forecast_monitored_windows_total",
+        "job:forecast_realized_abs_error_vs_persistence:ratio_rate30m",
+        "job:forecast_realized_values:increase30m",
+        "job:forecast_interval_coverage:ratio_rate1h",
         "up",
     ):
         for sample in prometheus.api("query", query=metric)["result"]:
@@ -269,12 +346,16 @@ def test_prometheus_fires_collapse_and_drift_alerts_and_nothing_for_healthy_traf
                 )
         collapse = firing(alerts, "ForecastOutputCollapsed", collapsed.metrics_target)
         drift = firing(alerts, "ForecastInputScaleDrift", scaled.metrics_target)
-        if collapse and drift:
+        worse = firing_for_job(alerts, "ForecastWorseThanPersistence", SHIFTED_JOB)
+        under = firing_for_job(alerts, "ForecastIntervalUndercoverage", SHIFTED_JOB)
+        if collapse and drift and worse and {a["labels"]["level"] for a in under} == {"80", "95"}:
             break
         if time.monotonic() > deadline:
             pytest.fail(
                 f"alerts not firing after {ALERT_TIMEOUT_S:.0f}s (collapse: {bool(collapse)}, "
-                f"drift: {bool(drift)})\n{diagnosis(prometheus, services, traffic)}",
+                f"drift: {bool(drift)}, worse than persistence: {bool(worse)}, "
+                f"undercoverage: {[a['labels']['level'] for a in under]})\n"
+                f"{diagnosis(prometheus, services, traffic)}",
                 pytrace=False,
             )
         time.sleep(POLL_INTERVAL_S)
@@ -294,16 +375,39 @@ def test_prometheus_fires_collapse_and_drift_alerts_and_nothing_for_healthy_traf
     ]
     assert not [s for s in seen if s[1] == "firing"], f"fired for healthy traffic: {seen}"
     assert not [s for s in seen if s[0] in MODEL_HEALTH_ALERTS], f"pending on healthy: {seen}"
+    # Realized accuracy: the job forecast's scored forecasts are the healthy instance's, which
+    # beat persistence and cover as promised; the shifted job's do neither.
+    names = "|".join(REALIZED_ALERTS)
+    realized = f'max_over_time(ALERTS{{job="forecast",alertname=~"{names}"}}[1h])'
+    assert not prometheus.api("query", query=realized)["result"]
+    ratios = {
+        s["metric"]["job"]: float(s["value"][1])
+        for s in prometheus.api(
+            "query", query="job:forecast_realized_abs_error_vs_persistence:ratio_rate30m"
+        )["result"]
+    }
+    assert ratios["forecast"] < 1.0 < ratios[SHIFTED_JOB], ratios
+    coverage = {
+        (s["metric"]["job"], s["metric"]["level"]): float(s["value"][1])
+        for s in prometheus.api("query", query="job:forecast_interval_coverage:ratio_rate1h")[
+            "result"
+        ]
+    }
+    assert coverage[("forecast", "80")] > 0.7 and coverage[("forecast", "95")] > 0.85, coverage
     assert not [
         a
         for a in prometheus.api("alerts")["alerts"]
         if a["labels"].get("instance") == healthy.metrics_target and a["state"] == "firing"
     ]
 
-    # The fleet statistics (rate() of the monotonic counters, summed over the instances) pool a
-    # healthy, a constant and a saturated instance: far from a collapsed fleet.
+    # The fleet statistics (rate() of the monotonic counters, summed over the instances) of the
+    # job forecast pool a healthy, a constant and a saturated instance: far from a collapsed
+    # fleet.
     fleet = {
-        name: [float(s["value"][1]) for s in prometheus.api("query", query=name)["result"]]
+        name: [
+            float(s["value"][1])
+            for s in prometheus.api("query", query=f'{name}{{job="forecast"}}')["result"]
+        ]
         for name in (
             "job:forecast_prediction_standardized_values:rate10m",
             "job:forecast_prediction_standardized:mean10m",

@@ -13,6 +13,7 @@ from training.baselines import (
     STATISTICAL,
     Baselines,
     BaselineScore,
+    ets_one_step_bounds,
     score_baselines,
 )
 from training.data import synthetic_series
@@ -152,6 +153,14 @@ def test_no_baseline_looks_past_the_point_it_forecasts(request, series, periods,
     assert {s.label: s.test_mae for s in after.scores} != {
         s.label: s.test_mae for s in before.scores
     }
+    # AutoETS's intervals at the validation point do not look ahead either.
+    ets_before, ets_after = (
+        next(s for s in b.scores if s.name == "AutoETS") for b in (before, after)
+    )
+    assert len(ets_before.val_intervals) == 2
+    for mine, theirs in zip(ets_before.val_intervals, ets_after.val_intervals, strict=True):
+        assert (mine.level, mine.coverage) == (theirs.level, theirs.coverage)
+        assert mine.mean_width == pytest.approx(theirs.mean_width, rel=1e-9)
 
 
 # ---- what the rolling forecasts rely on in statsforecast ----------------------------------------
@@ -188,6 +197,42 @@ def test_forward_fitted_is_the_forecast_from_each_origin(trended, model, season)
     for i in (401, 450, 599):
         from_origin = fitted_model.forward(y=trended[:i], h=1)["mean"][0]
         assert fitted[i] == pytest.approx(from_origin, rel=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("spec", "season"),
+    [("ANN", 1), ("AAN", 1), ("MNN", 1), ("MAN", 1), ("AAA", 12), ("MNM", 12), ("ZZZ", 12)],
+)
+def test_ets_one_step_bounds_are_statsforecasts_intervals_from_each_origin(trended, spec, season):
+    """Row i of the one-pass bounds equals forward(y[:i], h=1, level=[80, 95]): statsforecast's
+    own one-step intervals from that origin, with the parameters fitted on the first 400 rows
+    and the error variance of the rows before i (additive and multiplicative errors)."""
+    from statsforecast.models import AutoETS
+
+    model = AutoETS(model=spec, season_length=season).fit(trended[:400])
+    one_step = model.forward(y=trended, h=1, fitted=True)["fitted"]
+
+    lo, hi = ets_one_step_bounds(model.model_, trended, one_step, (80.0, 95.0))
+
+    for i in (401, 450, 599):
+        origin = model.forward(y=trended[:i], h=1, level=[80, 95])
+        assert lo[i] == pytest.approx([origin["lo-80"][0], origin["lo-95"][0]], rel=1e-9)
+        assert hi[i] == pytest.approx([origin["hi-80"][0], origin["hi-95"][0]], rel=1e-9)
+        assert lo[i, 1] < lo[i, 0] < one_step[i] < hi[i, 0] < hi[i, 1]
+
+
+def test_autoets_intervals_are_scored_on_the_models_points(hourly):
+    train_end, points = split_points(len(hourly))
+
+    baselines = score_baselines(hourly, train_end, points, (24,))
+
+    ets = next(s for s in baselines.scores if s.name == "AutoETS")
+    assert [s.level for s in ets.test_intervals] == [80.0, 95.0]
+    for split in (ets.val_intervals, ets.test_intervals):
+        assert all(0.0 <= s.coverage <= 1.0 and s.mean_width > 0 for s in split)
+        assert split[0].mean_width < split[1].mean_width
+        assert split[0].coverage <= split[1].coverage
+    assert all(s.test_intervals == () for s in baselines.scores if s.name != "AutoETS")
 
 
 @pytest.mark.parametrize(("standard", "dynamic"), [("STM", "DSTM"), ("OTM", "DOTM")])

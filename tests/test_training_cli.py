@@ -40,6 +40,7 @@ ALL_FLAGS = (
     "--seed",
     "--std-ratio-threshold",
     "--allow-collapsed",
+    "--interval-method",
     "--output",
 )
 

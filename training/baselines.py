@@ -17,6 +17,10 @@ fixed ("rolling origin, refit off"). How each stays causal and cheap:
 - AutoETS and AutoARIMA: ``forward(y, h=1, fitted=True)["fitted"]`` filters the series with
   the fitted parameters and initial states; its value at ``i`` is the forecast made from
   ``y[:i]`` (tested).
+- AutoETS's own one-step prediction intervals at :data:`REPORTED_LEVELS` are scored too
+  (coverage and mean width on the same points, next to the model's conformal intervals): at
+  ``i`` those of ``forward(y[:i], h=1, level=...)``, computed in one pass
+  (:func:`ets_one_step_bounds`; tested against that call).
 - AutoTheta: ``forward`` is causal for the dynamic models (DSTM, DOTM) only. The standard and
   optimised Theta models (STM, OTM) fit their trend line to all the data they are given, so
   their in-sample values see the future. The forecast an STM/OTM model with fixed parameters
@@ -55,9 +59,12 @@ import time
 import warnings
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from statistics import NormalDist
+from typing import Any, NamedTuple
 
 import numpy as np
+
+from training.intervals import REPORTED_LEVELS, IntervalScore, interval_scores
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +101,10 @@ class BaselineScore:
     test_mae: float
     seconds: float  # fitting and scoring time
     note: str = ""  # how it was applied, where that is not the obvious (e.g. "ETS model AAdN")
+    # Its own one-step prediction intervals at REPORTED_LEVELS on the same points (AutoETS):
+    # coverage and mean width; empty for baselines without intervals.
+    val_intervals: tuple[IntervalScore, ...] = ()
+    test_intervals: tuple[IntervalScore, ...] = ()
 
     @property
     def label(self) -> str:
@@ -220,7 +231,7 @@ def score_baselines(
                 # statsforecast's optimisers and statsmodels' decompositions warn on
                 # ill-conditioned fits; the scores below are checked for finiteness instead.
                 warnings.simplefilter("ignore")
-                one_step, note = plan.run()
+                one_step, note, bounds = plan.run()
         except Exception as exc:  # noqa: BLE001 - a baseline must never break training
             log.warning("baseline %s failed: %s: %s", name, type(exc).__name__, exc)
             skipped[name] = f"failed: {type(exc).__name__}: {exc}"
@@ -229,6 +240,7 @@ def score_baselines(
         if not all(np.isfinite(v) for v in maes.values()):
             skipped[name] = "its forecasts were not finite"
             continue
+        coverage = {s: _interval_scores(bounds, r, y) for s, r in rows.items()}
         scores.append(
             BaselineScore(
                 name=name,
@@ -238,6 +250,8 @@ def score_baselines(
                 test_mae=maes["test"],
                 seconds=round(time.perf_counter() - t0, 3),
                 note=note,
+                val_intervals=coverage["val"],
+                test_intervals=coverage["test"],
             )
         )
     log.info(
@@ -266,15 +280,37 @@ def _check_inputs(
         raise ValueError(f"periods {periods} must be >= 2 with two cycles in the training split")
 
 
+class _Bounds(NamedTuple):
+    """One-step prediction intervals for every row of the series, ``[rows, levels]`` each (NaN
+    where there is none), at :data:`REPORTED_LEVELS`."""
+
+    lo: np.ndarray
+    hi: np.ndarray
+
+
+class _Forecasts(NamedTuple):
+    one_step: np.ndarray  # for every row of the series (NaN where there is none)
+    note: str  # how the model was applied
+    bounds: _Bounds | None = None  # its own intervals, for models that give them
+
+
+def _interval_scores(
+    bounds: _Bounds | None, rows: np.ndarray, y: np.ndarray
+) -> tuple[IntervalScore, ...]:
+    if bounds is None:
+        return ()
+    return interval_scores(REPORTED_LEVELS, bounds.lo[rows], bounds.hi[rows], y[rows])
+
+
 @dataclass(frozen=True)
 class _Plan:
-    """A statistical baseline ready to run: ``run`` returns one-step forecasts for every row of
-    the series (NaN where there is none) and a note on how it was applied."""
+    """A statistical baseline ready to run: ``run`` returns its one-step forecasts, a note on
+    how it was applied, and its intervals where it gives them."""
 
     period: int | None
     fit_rows: int
     expected_seconds: float
-    run: Callable[[], tuple[np.ndarray, str]]
+    run: Callable[[], _Forecasts]
 
 
 @dataclass(frozen=True)
@@ -326,7 +362,7 @@ class _Fitting:
             return _Plan(period, rows, cost, lambda: self._arima(start, period))
         raise ValueError(f"unknown baseline {name!r}")
 
-    def _ets(self, start: int) -> tuple[np.ndarray, str]:
+    def _ets(self, start: int) -> _Forecasts:
         from statsforecast.models import AutoETS
 
         period = self.shortest
@@ -334,7 +370,11 @@ class _Fitting:
             season = _Season.fit(self.y[start : self.train_end], period)
             adjusted = season.adjust(self.y[start:])
             fitted = AutoETS(season_length=1).fit(adjusted[: self.train_end - start])
-            one_step = season.restore(_fitted(fitted, adjusted))
+            adjusted_step = _fitted(fitted, adjusted)
+            one_step = season.restore(adjusted_step)
+            lo, hi = ets_one_step_bounds(fitted.model_, adjusted, adjusted_step, REPORTED_LEVELS)
+            # The season is positive where multiplicative, so the bounds keep their order.
+            lo, hi = season.restore_columns(lo), season.restore_columns(hi)
             note = (
                 f"ETS {fitted.model_['components']} on the series {season.kind}ly "
                 f"deseasonalised at {period} (ETS has at most {ETS_MAX_SEASON} seasons)"
@@ -342,10 +382,12 @@ class _Fitting:
         else:
             fitted = AutoETS(season_length=period or 1).fit(self.y[start : self.train_end])
             one_step = _fitted(fitted, self.y[start:])
+            lo, hi = ets_one_step_bounds(fitted.model_, self.y[start:], one_step, REPORTED_LEVELS)
             note = f"ETS {fitted.model_['components']}"
-        return _padded(one_step, start), note
+        bounds = _Bounds(_padded(lo, start), _padded(hi, start))
+        return _Forecasts(_padded(one_step, start), note, bounds)
 
-    def _theta(self, start: int) -> tuple[np.ndarray, str]:
+    def _theta(self, start: int) -> _Forecasts:
         from statsforecast.models import AutoTheta
 
         period = self.shortest
@@ -363,9 +405,9 @@ class _Fitting:
         if season is not None:
             one_step = season.restore(one_step)
             note += f" on the series {season.kind}ly deseasonalised at {period}"
-        return _padded(one_step, start), note
+        return _Forecasts(_padded(one_step, start), note)
 
-    def _mstl(self, start: int) -> tuple[np.ndarray, str]:
+    def _mstl(self, start: int) -> _Forecasts:
         from statsforecast.models import MSTL
 
         train = self.y[start : self.train_end]
@@ -383,16 +425,16 @@ class _Fitting:
             f"seasons {' and '.join(map(str, self.periods))} from the training decomposition, "
             f"trend ETS {model.trend_forecaster.model_['components']} run forward"
         )
-        return _padded(one_step, start), note
+        return _Forecasts(_padded(one_step, start), note)
 
-    def _arima(self, start: int, season: int) -> tuple[np.ndarray, str]:
+    def _arima(self, start: int, season: int) -> _Forecasts:
         from statsforecast.models import AutoARIMA
 
         model = AutoARIMA(season_length=season).fit(self.y[start : self.train_end])
         p, q, sp, sq, m, d, sd = (int(v) for v in model.model_["arma"])
         order = f"ARIMA({p},{d},{q})" + (f"({sp},{sd},{sq})[{m}]" if m > 1 else "")
         rows = self.train_end - start
-        return _padded(_fitted(model, self.y[start:]), start), f"{order} on {rows} rows"
+        return _Forecasts(_padded(_fitted(model, self.y[start:]), start), f"{order} on {rows} rows")
 
 
 @dataclass(frozen=True)
@@ -432,6 +474,10 @@ class _Season:
         restored = adjusted * s if self.kind == "multiplicative" else adjusted + s
         return np.asarray(restored, dtype=np.float64)
 
+    def restore_columns(self, adjusted: np.ndarray) -> np.ndarray:
+        """:meth:`restore` for each column of ``[rows, k]``."""
+        return np.stack([self.restore(column) for column in adjusted.T], axis=1)
+
 
 def _cost(name: str, rows: int) -> float:
     base, per_row = _COST[name]
@@ -445,6 +491,36 @@ def _fitted(model: Any, y: np.ndarray) -> np.ndarray:
     return np.asarray(result["fitted"], dtype=np.float64)
 
 
-def _padded(one_step: np.ndarray, start: int) -> np.ndarray:
-    """Forecasts for the rows from ``start`` as forecasts for every row (NaN before it)."""
-    return np.concatenate([np.full(start, np.nan), one_step])
+def ets_one_step_bounds(
+    model: Mapping[str, Any], y: np.ndarray, one_step: np.ndarray, levels: Iterable[float]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Causal one-step prediction intervals ``[rows, levels]`` of a fitted statsforecast ETS
+    model (``AutoETS.model_``) run forward over ``y`` with one-step forecasts ``one_step``.
+
+    Row ``i`` holds what ``forward(y[:i], h=1, level=levels)`` returns: the parameters fitted on
+    the training split, and the variance of the model's one-step errors on ``y[:i]`` (statsforecast
+    re-estimates it from the data it is given, the past only). ``forward(y, fitted=True,
+    level=...)`` is not causal (its in-sample intervals take their variance from every row,
+    future ones included), and one ``forward`` call per origin would cost quadratic time, so
+    the same arithmetic is done here in one pass (tested against the per-origin call). One step
+    ahead every ETS class has a closed form: ``f -/+ z sigma`` for additive errors and
+    ``f -/+ z sigma |f|`` for multiplicative ones (statsforecast simulates the classes without
+    one, which agrees up to its Monte Carlo noise)."""
+    additive = str(model["components"])[0] == "A"
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        errors = y - one_step if additive else y / one_step - 1
+        squared = errors**2
+    squared = np.where(np.isfinite(squared), squared, 0.0)  # as statsforecast: inf excluded
+    before = np.concatenate([[0.0], np.cumsum(squared)[:-1]])  # errors of rows < i
+    dof = np.arange(len(y)) - float(model["n_params"]) - 1
+    with np.errstate(divide="ignore", invalid="ignore"):
+        sigma = np.sqrt(np.where(dof > 0, before / dof, np.nan))
+    sd = sigma if additive else sigma * np.abs(one_step)
+    z = np.array([NormalDist().inv_cdf(0.5 + level / 200) for level in levels])
+    return one_step[:, None] - z * sd[:, None], one_step[:, None] + z * sd[:, None]
+
+
+def _padded(values: np.ndarray, start: int) -> np.ndarray:
+    """Values for the rows from ``start`` (``[rows]`` or ``[rows, k]``) as values for every row
+    (NaN before it)."""
+    return np.concatenate([np.full((start, *values.shape[1:]), np.nan), values])

@@ -19,6 +19,9 @@ DISTRIBUTE_CHOICES = ("none", "mirrored", "multiworker")
 TARGET_MODES = ("delta", "level")
 """The values of ``--target-mode``; :class:`training.transform.WindowTransform` implements them."""
 
+INTERVAL_METHODS = ("absolute", "normalized")
+"""The values of ``--interval-method``; :mod:`training.intervals` implements them."""
+
 INPUT_MODES = ("relative", "level")
 """The values of ``--inputs``; :class:`training.transform.WindowTransform` implements them."""
 
@@ -157,6 +160,15 @@ class TrainConfig:
         OUTPUT,
         "publish even a collapsed model (for reproductions and tests)",
         action="store_true",
+    )
+    interval_method: str = _flag(
+        "absolute",
+        OUTPUT,
+        "prediction intervals, split conformal on the validation split's errors: absolute "
+        "gives every window of a horizon step the same width; normalized scales it by the "
+        "window's recent one-step volatility (measured on six real series it was not "
+        "narrower at the same coverage; see the README)",
+        choices=INTERVAL_METHODS,
     )
     output: Path = _flag(
         Path("artifacts"),

@@ -15,6 +15,8 @@ can restate (or refuses them with a message saying why and what to do):
 - Format 2 (current): the transform records its input channels (``inputs``, ``steps``,
   ``lags``, ``relative_scale``): the target's inputs relative to its last value, and seasonal
   lag channels; ``data`` and ``baselines`` record the CSV's time axis and the baselines.
+  ``intervals`` (the conformal calibration of :mod:`training.intervals`) came later within
+  format 2 and is optional: a version without it serves point forecasts only.
 - Format 1 (before): every input a scaled level over the whole window. It is migrated on load
   to format 2 with exactly that meaning (``inputs="level"``, ``steps`` = the window, no lags).
   The sections added after its first release (``monitoring``, the raw-unit feature statistics)
@@ -35,7 +37,9 @@ from pydantic import TypeAdapter, ValidationError
 
 from monitoring.reference import Calibration, FeatureReference, MonitorSpec
 from training.baselines import Baselines
+from training.config import INTERVAL_METHODS
 from training.guard import SplitMetrics
+from training.intervals import IntervalCalibration
 
 log = logging.getLogger(__name__)
 _T = TypeVar("_T")
@@ -179,6 +183,7 @@ class Manifest:
     environment: Environment
     data: DataRecord | None = None  # None: the built-in synthetic series, or published before
     baselines: Baselines | None = None  # None: published before baselines were scored
+    intervals: IntervalCalibration | None = None  # None: published before intervals existed
     fault: Fault | None = None
     files: Mapping[str, str] = field(default_factory=dict)  # file name -> sha256, set by publish
     version: str = ""  # set by publish
@@ -236,6 +241,7 @@ class Manifest:
                 f"{source}: invalid manifest at reference.features: its features are not "
                 "feature_names"
             )
+        _check_intervals(manifest, source)
         if body.get("monitoring") is None:
             return manifest
         try:
@@ -281,6 +287,29 @@ def _from_format1(body: dict[str, Any]) -> dict[str, Any]:
         }
         restated["transform"] = {**level, **body["transform"]}
     return restated
+
+
+def _check_intervals(manifest: Manifest, source: Path | str) -> None:
+    """An ``intervals`` section must hold one ascending, non-empty score list per horizon step."""
+    section = manifest.intervals
+    if section is None:
+        return
+    problem = None
+    if section.method not in INTERVAL_METHODS:
+        problem = f"method {section.method!r} is not one of {', '.join(INTERVAL_METHODS)}"
+    elif len(section.scores) != manifest.horizon:
+        problem = f"{len(section.scores)} score lists for horizon {manifest.horizon}"
+    elif len({len(step) for step in section.scores}) != 1 or not section.scores[0]:
+        problem = "the score lists are empty or of different lengths"
+    elif not all(
+        step[0] >= 0 and all(a <= b for a, b in zip(step, step[1:], strict=False))
+        for step in section.scores
+    ):
+        problem = "scores must be non-negative and ascending"
+    elif not section.scale_floor > 0:
+        problem = f"scale_floor {section.scale_floor} must be > 0"
+    if problem:
+        raise ArtifactError(f"{source}: invalid manifest at intervals: {problem}")
 
 
 def _validated(adapter: TypeAdapter[_T], body: object, source: Path | str) -> _T:

@@ -1,5 +1,6 @@
-"""report.png: forecast vs actual on the test split, loss curves, per-layer gradient norms, and
-the model's validation and test MAE next to every baseline's (divided by persistence's)."""
+"""report.png: forecast vs actual on the test split with its calibrated prediction intervals,
+loss curves, per-layer gradient norms, and the model's validation and test MAE next to every
+baseline's (divided by persistence's)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from training.baselines import Baselines  # noqa: E402
+from training.intervals import IntervalScore  # noqa: E402
 
 
 def plot_report(
@@ -24,10 +26,14 @@ def plot_report(
     history: dict[str, list[float]],
     grad_norms: dict[str, list[float]],
     baselines: Baselines | None = None,
+    bands: tuple[tuple[float, ...], np.ndarray, np.ndarray] | None = None,
+    band_scores: tuple[IntervalScore, ...] = (),
     max_points: int = 168,
 ) -> None:
     """``truth``/``forecast``/``persistence`` are the first horizon step on the test split;
-    ``baselines`` (with the model's one-step MAE set) adds the comparison chart."""
+    ``baselines`` (with the model's one-step MAE set) adds the comparison chart; ``bands``
+    (levels, lo and hi ``[n, levels]`` of the same points) shades the prediction intervals, and
+    ``band_scores`` (their test coverage and width) goes into the title."""
     rows = 4 if baselines is not None else 3
     fig, axes = plt.subplots(rows, 1, figsize=(11, 11 + 4 * (rows - 3)), constrained_layout=True)
     fig.suptitle(title)
@@ -35,6 +41,20 @@ def plot_report(
     ax = axes[0]
     n = min(max_points, len(truth))
     steps = np.arange(n)
+    if bands is not None:
+        levels, lo, hi = bands
+        # Widest first, so that the narrower bands are drawn on top of it.
+        for i in sorted(range(len(levels)), key=lambda i: -levels[i]):
+            alpha = 0.15 + 0.2 * (levels[i] == min(levels))
+            ax.fill_between(
+                steps,
+                lo[-n:, i],
+                hi[-n:, i],
+                color="tab:blue",
+                alpha=alpha,
+                linewidth=0,
+                label=f"{levels[i]:g}% interval",
+            )
     ax.plot(steps, truth[-n:], label="actual", color="black", linewidth=1.2)
     ax.plot(steps, forecast[-n:], label="LSTM forecast", color="tab:blue", linewidth=1.0)
     ax.plot(
@@ -45,7 +65,13 @@ def plot_report(
         linewidth=0.8,
         linestyle="--",
     )
-    ax.set_title(f"Test split, last {n} windows (first horizon step)")
+    coverage = "; ".join(
+        f"{s.level:g}% covers {s.coverage:.1%}, width {s.mean_width:.4g}" for s in band_scores
+    )
+    ax.set_title(
+        f"Test split, last {n} windows (first horizon step)"
+        + (f"\nintervals over the whole test split: {coverage}" if coverage else "")
+    )
     ax.set_xlabel("window")
     ax.set_ylabel("target units")
     ax.legend(loc="upper left")

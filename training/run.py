@@ -1,8 +1,8 @@
 """Fit, evaluate, judge and publish: the TensorFlow half of ``python -m training.train``.
 
 :func:`fit_and_publish` runs the steps in order: set up the runtime, fit, evaluate, score the
-baselines on the model's points, judge, calibrate the monitoring, build the manifest, then
-publish or reject. Each step reads its settings from the one
+baselines on the model's points, judge, calibrate the monitoring and the prediction intervals,
+build the manifest, then publish or reject. Each step reads its settings from the one
 :class:`~training.config.TrainConfig`.
 """
 
@@ -29,9 +29,17 @@ from training import guard
 from training.artifacts import new_version_name, publish
 from training.baselines import Baselines, score_baselines
 from training.callbacks import EpochProgress, GradientNorms
-from training.config import TrainConfig
+from training.config import INTERVAL_METHODS, TrainConfig
 from training.data import Series
 from training.distribute import fit_multiworker, is_chief, make_strategy, split_cpu
+from training.intervals import (
+    REPORTED_LEVELS,
+    Conformal,
+    ForecastIntervals,
+    IntervalCalibration,
+    fit_calibration,
+    score,
+)
 from training.manifest import (
     MODEL_FILE,
     SCALER_FILE,
@@ -131,8 +139,11 @@ class Reports:
     manifest: Manifest
     fitted: Fitted
     test: SplitEvaluation
+    test_intervals: ForecastIntervals | None = None
+    """The calibrated intervals of the test windows, drawn as bands around the forecast."""
 
     def write(self, directory: Path) -> None:
+        bands = self.test_intervals
         plot_report(
             directory / "report.png",
             title=self.title,
@@ -142,6 +153,8 @@ class Reports:
             history=self.fitted.history,
             grad_norms=self.fitted.gradient_norms,
             baselines=self.manifest.baselines,
+            bands=None if bands is None else (bands.levels, bands.lo[:, :, 0], bands.hi[:, :, 0]),
+            band_scores=self.manifest.intervals.test if self.manifest.intervals else (),
         )
         # The manifest as it stands before publication seals it (no version, format or
         # checksums: the report is written before them, and manifest.json carries them).
@@ -169,6 +182,7 @@ def fit_and_publish(prepared: Prepared, config: TrainConfig) -> int:
     baselines = score_model_baselines(prepared, evaluations)
     judgement = judge(prepared, config, fitted, evaluations, baselines)
     reference, monitoring = calibrate_monitoring(prepared, evaluations["val"])
+    intervals, test_intervals = calibrate_intervals(prepared, evaluations, config.interval_method)
     version = new_version_name()
     manifest = build_manifest(
         version=version,
@@ -179,6 +193,7 @@ def fit_and_publish(prepared: Prepared, config: TrainConfig) -> int:
         judgement=judgement,
         reference=reference,
         monitoring=monitoring,
+        intervals=intervals,
         duration=duration,
     )
     reports = Reports(
@@ -186,11 +201,13 @@ def fit_and_publish(prepared: Prepared, config: TrainConfig) -> int:
         manifest=manifest,
         fitted=fitted,
         test=evaluations["test"],
+        test_intervals=test_intervals,
     )
     if not is_chief():
         return finish_worker(judgement)
     for line in guard.comparison_lines(judgement.baselines):
         print(line)
+    log.info("%s", interval_line(intervals))
     if judgement.rejected:
         return reject(config.output / ".rejected" / version, reports, judgement)
     return publish_version(config.output, version, reports, prepared.transform, judgement, duration)
@@ -319,13 +336,21 @@ def _unreplicated(model: Any, config: TrainConfig, transform: WindowTransform) -
     return plain
 
 
+def raw_split_windows(prepared: Prepared, name: str) -> tuple[np.ndarray, np.ndarray]:
+    """Every window of split ``name`` in training units ``[n, window, features]``, and the row
+    of the split each ends at ``[n]``."""
+    transform = prepared.transform
+    values = prepared.splits[name]
+    ends = window_ends(len(values), transform.window, transform.horizon)
+    return sliding_windows(values, transform.window, ends), ends
+
+
 def evaluate_split(model: Any, prepared: Prepared, name: str) -> SplitEvaluation:
     """Forecast every window of split ``name`` and score it against the baselines."""
     transform = prepared.transform
     values = prepared.splits[name]
     offset = _split_offset(prepared, name)
-    ends = window_ends(len(values), transform.window, transform.horizon)
-    raw_windows = sliding_windows(values, transform.window, ends)
+    raw_windows, ends = raw_split_windows(prepared, name)
     forecast, raw_pred = predict_windows(model, transform, raw_windows)
     target = values[:, transform.target_index]
     truth = future_targets(target, transform.horizon, ends)
@@ -490,6 +515,55 @@ def calibrate_monitoring(
     return reference, monitoring
 
 
+def calibrate_intervals(
+    prepared: Prepared, evaluations: dict[str, SplitEvaluation], method: str
+) -> tuple[IntervalCalibration, ForecastIntervals]:
+    """Split conformal intervals calibrated on the validation windows with every method
+    (:mod:`training.intervals`), each scored on the test windows; returns the calibration of
+    ``method``, carrying every method's test figures, and its intervals of the test windows."""
+    transform = prepared.transform
+    val, test = evaluations["val"], evaluations["test"]
+    val_windows, test_windows = (raw_split_windows(prepared, s)[0] for s in ("val", "test"))
+    train_windows = raw_split_windows(prepared, "train")[0]
+    calibrations = {
+        name: fit_calibration(
+            name,
+            forecasts=val.forecast,
+            truth=val.truth,
+            raw_windows=val_windows,
+            train_windows=train_windows,
+            transform=transform,
+        )
+        for name in INTERVAL_METHODS
+    }
+    figures = {
+        name: score(
+            Conformal(calibration, transform),
+            forecasts=test.forecast,
+            truth=test.truth,
+            raw_windows=test_windows,
+        )
+        for name, calibration in calibrations.items()
+    }
+    chosen = replace(calibrations[method], test=figures[method], methods=figures)
+    bands = Conformal(chosen, transform).bounds(test.forecast, test_windows, REPORTED_LEVELS)
+    return chosen, bands
+
+
+def interval_line(intervals: IntervalCalibration) -> str:
+    """One line on the intervals' test coverage and width, every method's."""
+    parts = []
+    for name, scores in intervals.methods.items():
+        figures = ", ".join(
+            f"{s.level:g}% coverage {s.coverage:.3f} width {s.mean_width:.4g}" for s in scores
+        )
+        parts.append(f"{name}{' (served)' if name == intervals.method else ''}: {figures}")
+    return (
+        f"intervals on test, split conformal on {intervals.windows} validation windows: "
+        + "; ".join(parts)
+    )
+
+
 def build_manifest(
     *,
     version: str,
@@ -500,6 +574,7 @@ def build_manifest(
     judgement: Judgement,
     reference: dict[str, FeatureReference],
     monitoring: Calibration,
+    intervals: IntervalCalibration | None = None,
     duration: float,
 ) -> Manifest:
     """The manifest of this run (``publish`` adds the checksums)."""
@@ -526,6 +601,7 @@ def build_manifest(
         monitoring=monitoring,
         metrics={name: ev.metrics for name, ev in evaluations.items()},
         baselines=judgement.baselines,
+        intervals=intervals,
         guard=_guard_record(config, judgement),
         training=_training_record(config, prepared, fitted, duration),
         environment=_environment(),

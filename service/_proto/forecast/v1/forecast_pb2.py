@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x66orecast/v1/forecast.proto\x12\x0b\x66orecast.v1\"\x18\n\x06Window\x12\x0e\n\x06values\x18\x01 \x03(\x02\"7\n\x0f\x46orecastRequest\x12$\n\x07windows\x18\x01 \x03(\x0b\x32\x13.forecast.v1.Window\"\x1c\n\nPrediction\x12\x0e\n\x06values\x18\x01 \x03(\x02\"W\n\x10\x46orecastResponse\x12,\n\x0bpredictions\x18\x01 \x03(\x0b\x32\x17.forecast.v1.Prediction\x12\x15\n\rmodel_version\x18\x02 \x01(\t\"\x15\n\x13GetModelInfoRequest\"\x81\x01\n\x0cSplitMetrics\x12\x0b\n\x03mae\x18\x01 \x01(\x01\x12\x0c\n\x04rmse\x18\x02 \x01(\x01\x12\x17\n\x0fpersistence_mae\x18\x03 \x01(\x01\x12\x19\n\x11mean_forecast_mae\x18\x04 \x01(\x01\x12\x11\n\tstd_ratio\x18\x05 \x01(\x01\x12\x0f\n\x07windows\x18\x06 \x01(\r\"x\n\x10\x46\x65\x61tureReference\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04mean\x18\x02 \x01(\x01\x12\x0b\n\x03std\x18\x03 \x01(\x01\x12\x0b\n\x03min\x18\x04 \x01(\x01\x12\x0b\n\x03max\x18\x05 \x01(\x01\x12\x10\n\x08raw_mean\x18\x06 \x01(\x01\x12\x0f\n\x07raw_std\x18\x07 \x01(\x01\"e\n\rBaselineScore\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06period\x18\x02 \x01(\r\x12\x0f\n\x07val_mae\x18\x03 \x01(\x01\x12\x10\n\x08test_mae\x18\x04 \x01(\x01\x12\x13\n\x0bstatistical\x18\x05 \x01(\x08\"\xa4\x04\n\tModelInfo\x12\x15\n\rmodel_version\x18\x01 \x01(\t\x12\x15\n\rfeature_names\x18\x02 \x03(\t\x12\x0e\n\x06target\x18\x03 \x01(\t\x12\x0e\n\x06window\x18\x04 \x01(\r\x12\x0f\n\x07horizon\x18\x05 \x01(\r\x12\x13\n\x0btarget_mode\x18\x06 \x01(\t\x12-\n\nvalidation\x18\x07 \x01(\x0b\x32\x19.forecast.v1.SplitMetrics\x12\'\n\x04test\x18\x08 \x01(\x0b\x32\x19.forecast.v1.SplitMetrics\x12/\n\x08\x66\x65\x61tures\x18\t \x03(\x0b\x32\x1d.forecast.v1.FeatureReference\x12\x1f\n\x17max_windows_per_request\x18\n \x01(\r\x12\x12\n\ncreated_at\x18\x0b \x01(\t\x12\x0e\n\x06\x64\x65vice\x18\x0c \x01(\t\x12-\n\tbaselines\x18\r \x03(\x0b\x32\x1a.forecast.v1.BaselineScore\x12!\n\x19\x62\x65st_statistical_baseline\x18\x0e \x01(\t\x12-\n%best_statistical_baseline_beats_model\x18\x0f \x01(\x08\x12\x18\n\x10seasonal_periods\x18\x10 \x03(\r\x12\x1f\n\x17one_step_validation_mae\x18\x11 \x01(\x01\x12\x19\n\x11one_step_test_mae\x18\x12 \x01(\x01\x32\xf7\x01\n\x0f\x46orecastService\x12G\n\x08\x46orecast\x12\x1c.forecast.v1.ForecastRequest\x1a\x1d.forecast.v1.ForecastResponse\x12Q\n\x0eStreamForecast\x12\x1c.forecast.v1.ForecastRequest\x1a\x1d.forecast.v1.ForecastResponse(\x01\x30\x01\x12H\n\x0cGetModelInfo\x12 .forecast.v1.GetModelInfoRequest\x1a\x16.forecast.v1.ModelInfob\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x66orecast/v1/forecast.proto\x12\x0b\x66orecast.v1\"+\n\x06Window\x12\x0e\n\x06values\x18\x01 \x03(\x02\x12\x11\n\tseries_id\x18\x02 \x01(\t\"G\n\x0f\x46orecastRequest\x12$\n\x07windows\x18\x01 \x03(\x0b\x32\x13.forecast.v1.Window\x12\x0e\n\x06levels\x18\x02 \x03(\x02\"1\n\x08Interval\x12\r\n\x05level\x18\x01 \x01(\x02\x12\n\n\x02lo\x18\x02 \x03(\x02\x12\n\n\x02hi\x18\x03 \x03(\x02\"F\n\nPrediction\x12\x0e\n\x06values\x18\x01 \x03(\x02\x12(\n\tintervals\x18\x02 \x03(\x0b\x32\x15.forecast.v1.Interval\"W\n\x10\x46orecastResponse\x12,\n\x0bpredictions\x18\x01 \x03(\x0b\x32\x17.forecast.v1.Prediction\x12\x15\n\rmodel_version\x18\x02 \x01(\t\"\x15\n\x13GetModelInfoRequest\"\x81\x01\n\x0cSplitMetrics\x12\x0b\n\x03mae\x18\x01 \x01(\x01\x12\x0c\n\x04rmse\x18\x02 \x01(\x01\x12\x17\n\x0fpersistence_mae\x18\x03 \x01(\x01\x12\x19\n\x11mean_forecast_mae\x18\x04 \x01(\x01\x12\x11\n\tstd_ratio\x18\x05 \x01(\x01\x12\x0f\n\x07windows\x18\x06 \x01(\r\"x\n\x10\x46\x65\x61tureReference\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04mean\x18\x02 \x01(\x01\x12\x0b\n\x03std\x18\x03 \x01(\x01\x12\x0b\n\x03min\x18\x04 \x01(\x01\x12\x0b\n\x03max\x18\x05 \x01(\x01\x12\x10\n\x08raw_mean\x18\x06 \x01(\x01\x12\x0f\n\x07raw_std\x18\x07 \x01(\x01\"e\n\rBaselineScore\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06period\x18\x02 \x01(\r\x12\x0f\n\x07val_mae\x18\x03 \x01(\x01\x12\x10\n\x08test_mae\x18\x04 \x01(\x01\x12\x13\n\x0bstatistical\x18\x05 \x01(\x08\"\xd3\x04\n\tModelInfo\x12\x15\n\rmodel_version\x18\x01 \x01(\t\x12\x15\n\rfeature_names\x18\x02 \x03(\t\x12\x0e\n\x06target\x18\x03 \x01(\t\x12\x0e\n\x06window\x18\x04 \x01(\r\x12\x0f\n\x07horizon\x18\x05 \x01(\r\x12\x13\n\x0btarget_mode\x18\x06 \x01(\t\x12-\n\nvalidation\x18\x07 \x01(\x0b\x32\x19.forecast.v1.SplitMetrics\x12\'\n\x04test\x18\x08 \x01(\x0b\x32\x19.forecast.v1.SplitMetrics\x12/\n\x08\x66\x65\x61tures\x18\t \x03(\x0b\x32\x1d.forecast.v1.FeatureReference\x12\x1f\n\x17max_windows_per_request\x18\n \x01(\r\x12\x12\n\ncreated_at\x18\x0b \x01(\t\x12\x0e\n\x06\x64\x65vice\x18\x0c \x01(\t\x12-\n\tbaselines\x18\r \x03(\x0b\x32\x1a.forecast.v1.BaselineScore\x12!\n\x19\x62\x65st_statistical_baseline\x18\x0e \x01(\t\x12-\n%best_statistical_baseline_beats_model\x18\x0f \x01(\x08\x12\x18\n\x10seasonal_periods\x18\x10 \x03(\r\x12\x1f\n\x17one_step_validation_mae\x18\x11 \x01(\x01\x12\x19\n\x11one_step_test_mae\x18\x12 \x01(\x01\x12-\n\tintervals\x18\x13 \x03(\x0b\x32\x1a.forecast.v1.IntervalScore\"D\n\rIntervalScore\x12\r\n\x05level\x18\x01 \x01(\x02\x12\x10\n\x08\x63overage\x18\x02 \x01(\x01\x12\x12\n\nmean_width\x18\x03 \x01(\x01\x32\xf7\x01\n\x0f\x46orecastService\x12G\n\x08\x46orecast\x12\x1c.forecast.v1.ForecastRequest\x1a\x1d.forecast.v1.ForecastResponse\x12Q\n\x0eStreamForecast\x12\x1c.forecast.v1.ForecastRequest\x1a\x1d.forecast.v1.ForecastResponse(\x01\x30\x01\x12H\n\x0cGetModelInfo\x12 .forecast.v1.GetModelInfoRequest\x1a\x16.forecast.v1.ModelInfob\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -32,23 +32,27 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'forecast.v1.forecast_pb2', 
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_WINDOW']._serialized_start=43
-  _globals['_WINDOW']._serialized_end=67
-  _globals['_FORECASTREQUEST']._serialized_start=69
-  _globals['_FORECASTREQUEST']._serialized_end=124
-  _globals['_PREDICTION']._serialized_start=126
-  _globals['_PREDICTION']._serialized_end=154
-  _globals['_FORECASTRESPONSE']._serialized_start=156
-  _globals['_FORECASTRESPONSE']._serialized_end=243
-  _globals['_GETMODELINFOREQUEST']._serialized_start=245
-  _globals['_GETMODELINFOREQUEST']._serialized_end=266
-  _globals['_SPLITMETRICS']._serialized_start=269
-  _globals['_SPLITMETRICS']._serialized_end=398
-  _globals['_FEATUREREFERENCE']._serialized_start=400
-  _globals['_FEATUREREFERENCE']._serialized_end=520
-  _globals['_BASELINESCORE']._serialized_start=522
-  _globals['_BASELINESCORE']._serialized_end=623
-  _globals['_MODELINFO']._serialized_start=626
-  _globals['_MODELINFO']._serialized_end=1174
-  _globals['_FORECASTSERVICE']._serialized_start=1177
-  _globals['_FORECASTSERVICE']._serialized_end=1424
+  _globals['_WINDOW']._serialized_end=86
+  _globals['_FORECASTREQUEST']._serialized_start=88
+  _globals['_FORECASTREQUEST']._serialized_end=159
+  _globals['_INTERVAL']._serialized_start=161
+  _globals['_INTERVAL']._serialized_end=210
+  _globals['_PREDICTION']._serialized_start=212
+  _globals['_PREDICTION']._serialized_end=282
+  _globals['_FORECASTRESPONSE']._serialized_start=284
+  _globals['_FORECASTRESPONSE']._serialized_end=371
+  _globals['_GETMODELINFOREQUEST']._serialized_start=373
+  _globals['_GETMODELINFOREQUEST']._serialized_end=394
+  _globals['_SPLITMETRICS']._serialized_start=397
+  _globals['_SPLITMETRICS']._serialized_end=526
+  _globals['_FEATUREREFERENCE']._serialized_start=528
+  _globals['_FEATUREREFERENCE']._serialized_end=648
+  _globals['_BASELINESCORE']._serialized_start=650
+  _globals['_BASELINESCORE']._serialized_end=751
+  _globals['_MODELINFO']._serialized_start=754
+  _globals['_MODELINFO']._serialized_end=1349
+  _globals['_INTERVALSCORE']._serialized_start=1351
+  _globals['_INTERVALSCORE']._serialized_end=1419
+  _globals['_FORECASTSERVICE']._serialized_start=1422
+  _globals['_FORECASTSERVICE']._serialized_end=1669
 # @@protoc_insertion_point(module_scope)

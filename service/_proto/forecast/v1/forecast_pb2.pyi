@@ -7,22 +7,38 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class Window(_message.Message):
-    __slots__ = ("values",)
+    __slots__ = ("values", "series_id")
     VALUES_FIELD_NUMBER: _ClassVar[int]
+    SERIES_ID_FIELD_NUMBER: _ClassVar[int]
     values: _containers.RepeatedScalarFieldContainer[float]
-    def __init__(self, values: _Optional[_Iterable[float]] = ...) -> None: ...
+    series_id: str
+    def __init__(self, values: _Optional[_Iterable[float]] = ..., series_id: _Optional[str] = ...) -> None: ...
 
 class ForecastRequest(_message.Message):
-    __slots__ = ("windows",)
+    __slots__ = ("windows", "levels")
     WINDOWS_FIELD_NUMBER: _ClassVar[int]
+    LEVELS_FIELD_NUMBER: _ClassVar[int]
     windows: _containers.RepeatedCompositeFieldContainer[Window]
-    def __init__(self, windows: _Optional[_Iterable[_Union[Window, _Mapping]]] = ...) -> None: ...
+    levels: _containers.RepeatedScalarFieldContainer[float]
+    def __init__(self, windows: _Optional[_Iterable[_Union[Window, _Mapping]]] = ..., levels: _Optional[_Iterable[float]] = ...) -> None: ...
+
+class Interval(_message.Message):
+    __slots__ = ("level", "lo", "hi")
+    LEVEL_FIELD_NUMBER: _ClassVar[int]
+    LO_FIELD_NUMBER: _ClassVar[int]
+    HI_FIELD_NUMBER: _ClassVar[int]
+    level: float
+    lo: _containers.RepeatedScalarFieldContainer[float]
+    hi: _containers.RepeatedScalarFieldContainer[float]
+    def __init__(self, level: _Optional[float] = ..., lo: _Optional[_Iterable[float]] = ..., hi: _Optional[_Iterable[float]] = ...) -> None: ...
 
 class Prediction(_message.Message):
-    __slots__ = ("values",)
+    __slots__ = ("values", "intervals")
     VALUES_FIELD_NUMBER: _ClassVar[int]
+    INTERVALS_FIELD_NUMBER: _ClassVar[int]
     values: _containers.RepeatedScalarFieldContainer[float]
-    def __init__(self, values: _Optional[_Iterable[float]] = ...) -> None: ...
+    intervals: _containers.RepeatedCompositeFieldContainer[Interval]
+    def __init__(self, values: _Optional[_Iterable[float]] = ..., intervals: _Optional[_Iterable[_Union[Interval, _Mapping]]] = ...) -> None: ...
 
 class ForecastResponse(_message.Message):
     __slots__ = ("predictions", "model_version")
@@ -85,7 +101,7 @@ class BaselineScore(_message.Message):
     def __init__(self, name: _Optional[str] = ..., period: _Optional[int] = ..., val_mae: _Optional[float] = ..., test_mae: _Optional[float] = ..., statistical: _Optional[bool] = ...) -> None: ...
 
 class ModelInfo(_message.Message):
-    __slots__ = ("model_version", "feature_names", "target", "window", "horizon", "target_mode", "validation", "test", "features", "max_windows_per_request", "created_at", "device", "baselines", "best_statistical_baseline", "best_statistical_baseline_beats_model", "seasonal_periods", "one_step_validation_mae", "one_step_test_mae")
+    __slots__ = ("model_version", "feature_names", "target", "window", "horizon", "target_mode", "validation", "test", "features", "max_windows_per_request", "created_at", "device", "baselines", "best_statistical_baseline", "best_statistical_baseline_beats_model", "seasonal_periods", "one_step_validation_mae", "one_step_test_mae", "intervals")
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     FEATURE_NAMES_FIELD_NUMBER: _ClassVar[int]
     TARGET_FIELD_NUMBER: _ClassVar[int]
@@ -104,6 +120,7 @@ class ModelInfo(_message.Message):
     SEASONAL_PERIODS_FIELD_NUMBER: _ClassVar[int]
     ONE_STEP_VALIDATION_MAE_FIELD_NUMBER: _ClassVar[int]
     ONE_STEP_TEST_MAE_FIELD_NUMBER: _ClassVar[int]
+    INTERVALS_FIELD_NUMBER: _ClassVar[int]
     model_version: str
     feature_names: _containers.RepeatedScalarFieldContainer[str]
     target: str
@@ -122,4 +139,15 @@ class ModelInfo(_message.Message):
     seasonal_periods: _containers.RepeatedScalarFieldContainer[int]
     one_step_validation_mae: float
     one_step_test_mae: float
-    def __init__(self, model_version: _Optional[str] = ..., feature_names: _Optional[_Iterable[str]] = ..., target: _Optional[str] = ..., window: _Optional[int] = ..., horizon: _Optional[int] = ..., target_mode: _Optional[str] = ..., validation: _Optional[_Union[SplitMetrics, _Mapping]] = ..., test: _Optional[_Union[SplitMetrics, _Mapping]] = ..., features: _Optional[_Iterable[_Union[FeatureReference, _Mapping]]] = ..., max_windows_per_request: _Optional[int] = ..., created_at: _Optional[str] = ..., device: _Optional[str] = ..., baselines: _Optional[_Iterable[_Union[BaselineScore, _Mapping]]] = ..., best_statistical_baseline: _Optional[str] = ..., best_statistical_baseline_beats_model: _Optional[bool] = ..., seasonal_periods: _Optional[_Iterable[int]] = ..., one_step_validation_mae: _Optional[float] = ..., one_step_test_mae: _Optional[float] = ...) -> None: ...
+    intervals: _containers.RepeatedCompositeFieldContainer[IntervalScore]
+    def __init__(self, model_version: _Optional[str] = ..., feature_names: _Optional[_Iterable[str]] = ..., target: _Optional[str] = ..., window: _Optional[int] = ..., horizon: _Optional[int] = ..., target_mode: _Optional[str] = ..., validation: _Optional[_Union[SplitMetrics, _Mapping]] = ..., test: _Optional[_Union[SplitMetrics, _Mapping]] = ..., features: _Optional[_Iterable[_Union[FeatureReference, _Mapping]]] = ..., max_windows_per_request: _Optional[int] = ..., created_at: _Optional[str] = ..., device: _Optional[str] = ..., baselines: _Optional[_Iterable[_Union[BaselineScore, _Mapping]]] = ..., best_statistical_baseline: _Optional[str] = ..., best_statistical_baseline_beats_model: _Optional[bool] = ..., seasonal_periods: _Optional[_Iterable[int]] = ..., one_step_validation_mae: _Optional[float] = ..., one_step_test_mae: _Optional[float] = ..., intervals: _Optional[_Iterable[_Union[IntervalScore, _Mapping]]] = ...) -> None: ...
+
+class IntervalScore(_message.Message):
+    __slots__ = ("level", "coverage", "mean_width")
+    LEVEL_FIELD_NUMBER: _ClassVar[int]
+    COVERAGE_FIELD_NUMBER: _ClassVar[int]
+    MEAN_WIDTH_FIELD_NUMBER: _ClassVar[int]
+    level: float
+    coverage: float
+    mean_width: float
+    def __init__(self, level: _Optional[float] = ..., coverage: _Optional[float] = ..., mean_width: _Optional[float] = ...) -> None: ...
