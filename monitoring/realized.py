@@ -76,8 +76,10 @@ _HIGH_HALF = 1 if sys.byteorder == "little" else 0  # of a uint64 seen as two ui
 
 
 def level_label(level: float) -> str:
-    """The ``level`` label of an interval level in percent: ``80.0`` -> ``"80"``."""
-    return f"{level:g}"
+    """The ``level`` label of an interval level in percent: ``80.0`` -> ``"80"``, ``80.1`` ->
+    ``"80.1"``; every distinct float32 level gets a distinct label (``99.99999`` is not
+    ``"100"``)."""
+    return str(np.format_float_positional(np.float32(level), trim="-"))
 
 
 @dataclass(frozen=True)
@@ -405,11 +407,14 @@ class RealizedAccuracy:
             return
         windows = sum(len(s) for s in batch)
         self._taken += windows
+        done = 0
         try:
             for chunk in _chunks(batch, CHUNK_WINDOWS):
                 self._score_chunk(chunk)
+                done += sum(len(part) for part in chunk)
         except Exception:  # noqa: BLE001 - a scoring failure must not fail the scrape
-            log.exception("realized accuracy: scoring failed; %d windows dropped", windows)
+            self._dropped += windows - done
+            log.exception("realized accuracy: scoring failed; %d windows dropped", windows - done)
 
     def _score_chunk(self, chunk: list[_Submission]) -> None:
         ids = list(chain.from_iterable(part.series_ids for part in chunk))

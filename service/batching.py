@@ -191,7 +191,9 @@ class MicroBatcher:
             offset += n
             if item.future.done():
                 continue
-            finite = np.isfinite(forecasts).all(axis=1)
+            # As they go on the wire (float32): a float64 forecast past float32's range is inf.
+            with np.errstate(over="ignore"):
+                finite = np.isfinite(forecasts.astype(np.float32)).all(axis=1)
             if finite.all():
                 item.future.set_result(forecasts)
             else:

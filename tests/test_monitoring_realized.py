@@ -18,6 +18,7 @@ from monitoring.realized import (
     MAX_WINDOW_LEVELS,
     RealizedAccuracy,
     RealizedTotals,
+    level_label,
 )
 
 WINDOW, FEATURES, HORIZON, TARGET = 12, 3, 3, 1
@@ -425,6 +426,17 @@ def test_windows_without_intervals_score_no_interval_and_infinite_bounds_cover()
     assert totals.values == 2
     assert totals.intervals["99.5"].scored == totals.intervals["99.5"].covered == 1
     assert totals.intervals["50"].scored == 0  # created upfront, never requested
+
+
+def test_level_labels_name_every_distinct_level():
+    """Levels that differ as float32 never share a label (their tallies would merge), and a
+    level below 100 is never labelled "100"."""
+    close = float(np.nextafter(np.float32(80.1), np.float32(100)))
+    labels = [level_label(v) for v in (80.0, 95.0, 80.1, close, 99.99999, 2.5)]
+
+    assert labels[:2] == ["80", "95"]
+    assert len(set(labels)) == len(labels), labels
+    assert labels[4] != "100" and float(labels[4]) < 100
 
 
 def test_level_labels_are_capped():
