@@ -15,6 +15,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+import grpc
 import numpy as np
 from service_process import REPO_ROOT, clean_env
 
@@ -45,6 +46,17 @@ def synthetic_windows(window: int, count: int, *, steps: int = 1500) -> np.ndarr
 # -------------------------------------------------------------------------------------------
 # In-process servers
 # -------------------------------------------------------------------------------------------
+
+
+async def read_stream(call) -> tuple[list, grpc.aio.AioRpcError | None]:
+    """The responses a stream delivered, and the error it ended with (None when OK)."""
+    responses = []
+    try:
+        async for response in call:
+            responses.append(response)
+    except grpc.aio.AioRpcError as error:
+        return responses, error
+    return responses, None
 
 
 async def start_server(settings, artifacts, **kwargs) -> RunningServer:

@@ -12,7 +12,7 @@ import shutil
 import grpc
 import numpy as np
 import pytest
-from service_testkit import start_server, target_of
+from service_testkit import read_stream, start_server, target_of
 
 from service.api import pb, pb_grpc
 from service.client import forecasts_from_response, request_from_windows
@@ -122,16 +122,6 @@ async def test_forecast_accepts_eight_levels(stub, windows):
     )
 
     assert [i.level for i in response.predictions[0].intervals] == levels
-
-
-async def read_stream(call) -> tuple[list, grpc.aio.AioRpcError | None]:
-    responses = []
-    try:
-        async for response in call:
-            responses.append(response)
-    except grpc.aio.AioRpcError as error:
-        return responses, error
-    return responses, None
 
 
 async def test_stream_forecast_returns_intervals_per_message(stub, windows):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import grpc
 import numpy as np
-from service_testkit import EXTREME
+from service_testkit import EXTREME, read_stream
 
 from service.api import SERVICE_NAME
 from service.client import forecasts_from_response, request_from_windows
@@ -20,17 +20,6 @@ def stream_requests(windows: np.ndarray, count: int):
         request_from_windows(windows[i % len(windows) : i % len(windows) + 1 + i % 3])
         for i in range(count)
     ]
-
-
-async def read_stream(call) -> tuple[list, grpc.aio.AioRpcError | None]:
-    """The responses a stream delivered, and the error it ended with (None when OK)."""
-    responses = []
-    try:
-        async for response in call:
-            responses.append(response)
-    except grpc.aio.AioRpcError as error:
-        return responses, error
-    return responses, None
 
 
 async def test_stream_forecast_answers_in_request_order(stub, windows):
