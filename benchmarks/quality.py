@@ -39,12 +39,24 @@ width at 80 % and 95 % (``report.json["intervals"]``, over every test window), n
 other interval method's (the trainer scores both on every run) and AutoETS's own one-step
 intervals on the same points (the AutoETS baseline's ``test_intervals``). Target: coverage
 within +/-3 points of the level; AutoETS's width is the one to be narrower than.
+
+How noisy that check is. Next to each coverage the table shows the calibration (validation)
+windows ``n``, the test windows ``m`` and the chance that an exactly calibrated split-conformal
+method lands within the +/-3 points on that many windows, computed exactly: on exchangeable
+data the coverage given the calibration set is ``Beta(r, n + 1 - r)`` with
+``r = ceil((n + 1) a / 100)`` (the trainer's rank, :func:`training.intervals.conformal_rank`),
+so the number of covered test windows is Beta-Binomial (:func:`coverage_pmf`). On ~200
+windows at 80 % that chance is only about 0.6. A last row pools every series' test windows
+(covered / windows, so weighted by ``m``) with its own +/-3 check and its own chance, the
+convolution of the series' distributions: the less noisy measurement. Each series keeps its own
+met / MISSED as measured.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import re
 import shlex
@@ -64,6 +76,7 @@ import numpy as np
 from benchmarks.datasets import DATASETS, Dataset, data_rows
 from benchmarks.machine import machine_info
 from training.cli import command_parser, positive
+from training.intervals import conformal_rank
 
 PROG = "python -m benchmarks.quality"
 REPO = Path(__file__).resolve().parent.parent
@@ -74,6 +87,8 @@ TARGET_VS_BEST_STATISTICAL = 1.0
 TARGET_SECONDS = 120.0
 TARGET_COVERAGE_POINTS = 3.0
 """Test coverage of the served intervals within this many points of the nominal level."""
+CHANCE_HEADING = f"P(within +/-{TARGET_COVERAGE_POINTS:g}) if exact"
+"""The column of the chance an exactly calibrated method meets it (:func:`coverage_pmf`)."""
 
 # The table's baseline columns, in order; baselines the report adds (AutoARIMA...) follow.
 COLUMNS = (
@@ -539,6 +554,10 @@ def interval_result(report: dict[str, Any]) -> dict[str, Any] | None:
         None,
     )
     ets_scores = {float(s["level"]): s for s in (ets or {}).get("test_intervals", [])}
+    scores = section.get("scores") or [[]]
+    calibration = len(scores[0])
+    test_windows = report.get("metrics", {}).get("test", {}).get("n_windows")
+    horizon = report.get("horizon", 1)
     levels = []
     for served_score in methods.get(served, []):
         level = float(served_score["level"])
@@ -546,7 +565,6 @@ def interval_result(report: dict[str, Any]) -> dict[str, Any] | None:
             m: next((s for s in methods[m] if float(s["level"]) == level), None) for m in order
         }
         theirs = ets_scores.get(level)
-        miss = abs(100 * served_score["coverage"] - level)
         levels.append(
             {
                 "level": level,
@@ -563,18 +581,176 @@ def interval_result(report: dict[str, Any]) -> dict[str, Any] | None:
                 "coverage_target": {
                     "value": round(100 * served_score["coverage"], 2),
                     "limit": f"{level:g} +/- {TARGET_COVERAGE_POINTS:g}",
-                    "met": miss <= TARGET_COVERAGE_POINTS,
+                    "met": within_target(100 * served_score["coverage"], level),
+                    "p_within_if_exact": _rounded(
+                        _chance(calibration or test_windows, test_windows, horizon, level)
+                    ),
                 },
             }
         )
-    scores = section.get("scores") or [[]]
     return {
         "method": served,
-        "calibration_windows": len(scores[0]),
+        "calibration_windows": calibration,
+        "test_windows": test_windows,
+        "horizon": horizon,
         "methods": order,
         "AutoETS_note": (ets or {}).get("note"),
         "levels": levels,
     }
+
+
+# --------------------------------------------------------------------------------------------
+# How noisy the coverage check is, and the coverage pooled over the series
+# --------------------------------------------------------------------------------------------
+
+
+def within_target(
+    coverage_percent: float, level: float, points: float = TARGET_COVERAGE_POINTS
+) -> bool:
+    """Whether a coverage (percent) is within ``points`` of ``level``, bounds included, with a
+    rounding allowance: 57 of 100 windows is within 3 points of 60 % although
+    ``100 * (57 / 100)`` is 56.99999999999999."""
+    return abs(coverage_percent - level) <= points + 1e-9
+
+
+def coverage_pmf(calibration: int, test: int, level: float) -> np.ndarray:
+    """``[test + 1]``: the probability that ``k`` of ``test`` windows fall inside split-conformal
+    intervals at ``level`` (percent) calibrated on ``calibration`` windows, for ``k = 0..test``,
+    when all the windows are exchangeable and the scores have no ties.
+
+    The interval's coverage given the calibration set is the ``r``-th smallest of ``n`` uniforms,
+    ``Beta(r, n + 1 - r)`` with the trainer's rank ``r = ceil((n + 1) a / 100)``, and ``k`` given
+    it is Binomial: ``k`` is Beta-Binomial. With ``r > n`` the bound is infinite and every
+    window is covered. Computed exactly, in logs (``math.lgamma``)."""
+    if calibration < 1 or test < 1:
+        raise ValueError(f"need windows: {calibration} calibration, {test} test")
+    r = conformal_rank(calibration, level)
+    if r > calibration:
+        pmf = np.zeros(test + 1)
+        pmf[-1] = 1.0
+        return pmf
+    a, b = float(r), float(calibration + 1 - r)
+    lg = math.lgamma
+    log_beta = lg(a) + lg(b) - lg(a + b)
+    log_pmf = [
+        lg(test + 1)
+        - lg(k + 1)
+        - lg(test - k + 1)
+        + lg(k + a)
+        + lg(test - k + b)
+        - lg(test + a + b)
+        - log_beta
+        for k in range(test + 1)
+    ]
+    return np.exp(np.array(log_pmf))
+
+
+def mass_within_target(
+    pmf: np.ndarray, level: float, points: float = TARGET_COVERAGE_POINTS
+) -> float:
+    """The probability, under ``pmf`` over ``0..m`` covered windows, that the coverage
+    ``k / m`` is within ``points`` of ``level``."""
+    m = len(pmf) - 1
+    return float(sum(p for k, p in enumerate(pmf) if within_target(100 * k / m, level, points)))
+
+
+def chance_within_target(
+    calibration: int, test: int, level: float, points: float = TARGET_COVERAGE_POINTS
+) -> float:
+    """The chance that an exactly calibrated split-conformal method, on exchangeable data with
+    ``calibration`` and ``test`` windows, measures a test coverage within ``points`` of
+    ``level``: the Beta-Binomial mass (:func:`coverage_pmf`) over the counts that pass."""
+    return mass_within_target(coverage_pmf(calibration, test, level), level, points)
+
+
+def _chance(calibration: int | None, test: int | None, horizon: int, level: float) -> float | None:
+    """:func:`chance_within_target`, or None where it does not apply: windows unknown, or more
+    than one horizon step (the coverage then averages correlated steps)."""
+    if not calibration or not test or horizon != 1:
+        return None
+    return chance_within_target(calibration, test, level)
+
+
+def _interval_windows(r: dict[str, Any]) -> tuple[int | None, int | None, bool]:
+    """One series' calibration windows ``n`` and test windows ``m``, and whether ``n`` is the
+    test windows standing in for a calibration count the record does not hold."""
+    intervals = r.get("intervals") or {}
+    test = intervals.get("test_windows") or (r.get("model") or {}).get("test_windows")
+    m = int(test) if test else None
+    calibration = intervals.get("calibration_windows")
+    if calibration:
+        return int(calibration), m, False
+    return m, m, True
+
+
+def _series_chance(r: dict[str, Any], level: float) -> float | None:
+    """One series' chance within the target at ``level``, from what its record holds."""
+    n, m, _ = _interval_windows(r)
+    return _chance(n, m, (r.get("intervals") or {}).get("horizon", 1), level)
+
+
+def _pooled(scores: Sequence[dict[str, float] | None], windows: Sequence[int]) -> float | None:
+    """Covered windows summed over windows summed; None if a series has no score."""
+    covered = 0
+    for score, m in zip(scores, windows, strict=True):
+        if score is None:
+            return None
+        covered += round(score["coverage"] * m)
+    return covered / sum(windows)
+
+
+def pooled_coverage(series: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per level, the coverage over every series' test windows together: covered windows summed
+    over windows summed (so each series weighs by its test windows), for the served method, the
+    other ones and AutoETS (None where a series lacks one); the coverage target on the served
+    one; and the chance an exactly calibrated method passes it, from the convolution of the
+    series' Beta-Binomial distributions (the series are independent). Only one-step series whose
+    windows are known count; ``series`` names them. Widths are not pooled (their units differ).
+    """
+    usable = []
+    for r in series:
+        intervals = r.get("intervals")
+        n, m, _ = _interval_windows(r)
+        if intervals and n and m and intervals.get("horizon", 1) == 1:
+            usable.append((r["name"], intervals, n, m))
+    if not usable:
+        return []
+    methods: list[str] = usable[0][1]["methods"]
+    pooled = []
+    for level in [lv["level"] for lv in usable[0][1]["levels"]]:
+        names, entries, n_all, m_all = [], [], [], []
+        for name, intervals, n, m in usable:
+            entry = next((lv for lv in intervals["levels"] if lv["level"] == level), None)
+            if entry is not None:
+                names.append(name)
+                entries.append(entry)
+                n_all.append(n)
+                m_all.append(m)
+        coverage = {
+            method: _pooled([e["methods"].get(method) for e in entries], m_all)
+            for method in methods
+        }
+        pmf = np.ones(1)
+        for n, m in zip(n_all, m_all, strict=True):
+            pmf = np.convolve(pmf, coverage_pmf(n, m, level))
+        served = coverage[methods[0]]
+        pooled.append(
+            {
+                "level": level,
+                "series": names,
+                "calibration_windows": sum(n_all),
+                "test_windows": sum(m_all),
+                "methods": coverage,
+                "AutoETS": _pooled([e["AutoETS"] for e in entries], m_all),
+                "coverage_target": {
+                    "value": None if served is None else round(100 * served, 2),
+                    "limit": f"{level:g} +/- {TARGET_COVERAGE_POINTS:g}",
+                    "met": None if served is None else within_target(100 * served, level),
+                    "p_within_if_exact": _rounded(mass_within_target(pmf, level)),
+                },
+            }
+        )
+    return pooled
 
 
 # --------------------------------------------------------------------------------------------
@@ -649,35 +825,90 @@ def table_rows(results: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
 
 def interval_rows(results: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     """The intervals table: per level, each method's and AutoETS's test coverage / mean width,
-    the served width divided by AutoETS's, and the coverage target."""
+    the chance an exactly calibrated method lands within the target on the series' windows
+    (next to the served coverage), the served width divided by AutoETS's, and the coverage
+    target; then a row of the coverages pooled over the series (:func:`pooled_coverage`)."""
     records = [r.get("intervals") for r in results["series"]]
     methods: list[str] = next((i["methods"] for i in records if i), ["absolute"])
     levels = next(([lv["level"] for lv in i["levels"]] for i in records if i), [80.0, 95.0])
-    header = ["series", "calib. windows", "test windows"]
+    header = ["series", "calib. windows n", "test windows m"]
     for level in levels:
-        header += [f"{level:g}% {m}{' (served)' if k == 0 else ''}" for k, m in enumerate(methods)]
+        named = [f"{level:g}% {m}{' (served)' if k == 0 else ''}" for k, m in enumerate(methods)]
+        header += [named[0], f"{level:g}% {CHANCE_HEADING}", *named[1:]]
         header += [f"{level:g}% AutoETS", f"{level:g}% width / AutoETS"]
     header.append(f"coverage +/-{TARGET_COVERAGE_POINTS:g} pts")
     rows = []
     for r, intervals in zip(results["series"], records, strict=True):
-        windows = str((r.get("model") or {}).get("test_windows") or "-")
+        n, m, assumed = _interval_windows(r)
         if not intervals:
-            rows.append([r["name"], "-", windows, *["-"] * (len(header) - 3)])
+            rows.append([r["name"], "-", str(m or "-"), *["-"] * (len(header) - 3)])
             continue
-        row = [r["name"], str(intervals["calibration_windows"]), windows]
+        row = [r["name"], "-" if assumed else str(n), str(m or "-")]
         met = []
         for level in levels:
             entry = next((lv for lv in intervals["levels"] if lv["level"] == level), None)
             if entry is None:
-                row += ["-"] * (len(methods) + 2)
+                row += ["-"] * (len(methods) + 3)
                 continue
-            row += [_coverage_width(entry["methods"].get(m)) for m in methods]
+            cells = [_coverage_width(entry["methods"].get(k)) for k in methods]
+            chance = _chance_cell(_series_chance(r, level))
+            if assumed and chance != "-":
+                chance += " (n = m)"
+            row += [cells[0], chance, *cells[1:]]
             row += [_coverage_width(entry["AutoETS"]), _cell(entry["width_vs_AutoETS"])]
             target = entry["coverage_target"]
             met.append(f"{level:g}% {'met' if target['met'] else 'MISSED'}")
         row.append(", ".join(met))
         rows.append(row)
+    pooled = pooled_coverage(results["series"])
+    if pooled:
+        names = pooled[0]["series"]
+        row = [
+            f"pooled ({len(names)} series)",
+            str(pooled[0]["calibration_windows"]),
+            str(pooled[0]["test_windows"]),
+        ]
+        met = []
+        for level in levels:
+            entry = next((p for p in pooled if p["level"] == level), None)
+            if entry is None:
+                row += ["-"] * (len(methods) + 3)
+                continue
+            cells = [_percent(entry["methods"].get(k)) for k in methods]
+            target = entry["coverage_target"]
+            row += [cells[0], _chance_cell(target["p_within_if_exact"]), *cells[1:]]
+            row += [_percent(entry["AutoETS"]), "-"]
+            if target["met"] is not None:
+                met.append(f"{level:g}% {'met' if target['met'] else 'MISSED'}")
+        row.append(", ".join(met) or "-")
+        rows.append(row)
     return header, rows
+
+
+NOISE_NOTE = (
+    f"*{CHANCE_HEADING}*: the chance that an exactly calibrated split-conformal method, on "
+    "exchangeable data with these n calibration and m test windows, measures a test coverage "
+    f"within {TARGET_COVERAGE_POINTS:g} points of the level (exact Beta-Binomial: the coverage "
+    "given the calibration set is Beta(r, n + 1 - r), r = ceil((n + 1) level / 100)); well "
+    "below 1, one series' check is a noisy measurement. *pooled*: every series' test windows "
+    "together (covered / windows, so each series weighs by m; coverage only, widths are in each "
+    "series' units), with its own target check and chance: the less noisy measurement. Each "
+    "series' met / MISSED stays as measured."
+)
+
+
+def _chance_cell(p: float | None) -> str:
+    if p is None:
+        return "-"
+    if p >= 0.995:
+        return "> 0.99"
+    if p < 0.005:
+        return "< 0.01"
+    return f"{p:.2f}"
+
+
+def _percent(coverage: float | None) -> str:
+    return "-" if coverage is None else f"{100 * coverage:.1f}%"
 
 
 def _coverage_width(score: dict[str, float] | None) -> str:
@@ -702,6 +933,7 @@ def console_table(results: dict[str, Any]) -> str:
     if any(r.get("intervals") for r in results["series"]):
         table += "\n\nPrediction intervals on the test split (coverage / mean width):\n"
         table += _aligned(*interval_rows(results))
+        table += "\n\n" + NOISE_NOTE.replace("*", "")
     return table
 
 
@@ -756,6 +988,8 @@ def markdown(results: dict[str, Any]) -> str:
             "points (its variance re-estimated causally from the errors before each point). "
             "*width / AutoETS*: the served width divided by AutoETS's (below 1: narrower). "
             f"Target: coverage within {TARGET_COVERAGE_POINTS:g} points of the level.",
+            "",
+            NOISE_NOTE,
             "",
             "| " + " | ".join(iheader) + " |",
             "|" + "|".join("---" for _ in iheader) + "|",
@@ -835,9 +1069,18 @@ def series_notes(r: dict[str, Any]) -> list[str]:
         for entry in intervals["levels"]:
             target = entry["coverage_target"]
             if not target["met"]:
+                n, m, assumed = _interval_windows(r)
+                chance = _series_chance(r, entry["level"])
+                odds = (
+                    ""
+                    if chance is None
+                    else f" (an exactly calibrated method lands within it with probability "
+                    f"{chance:.2f} on {n} calibration and {m} test windows"
+                    f"{', n = m assumed' if assumed else ''})"
+                )
                 notes.append(
                     f"target coverage at {entry['level']:g}% MISSED: {target['value']:.1f}% "
-                    f"outside {target['limit']}"
+                    f"outside {target['limit']}{odds}"
                 )
     for key, target in r.get("targets", {}).items():
         value, limit = target["value"], target["limit"]
@@ -1003,6 +1246,7 @@ def main(argv: list[str] | None = None) -> int:
             "training_seconds": TARGET_SECONDS,
         },
         "series": series,
+        "intervals_pooled": pooled_coverage(series),
     }
     args.output_dir.mkdir(parents=True, exist_ok=True)
     json_path = args.output_dir / "quality.json"

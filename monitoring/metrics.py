@@ -91,13 +91,18 @@ class ServingMetrics:
         )
         if queue_depth is not None:
             self.queue_depth.set_function(queue_depth)
-        info = Gauge(
+        self._info = Gauge(
             "forecast_model_info",
             "The served model version (value is always 1).",
             sorted(model_labels),
             registry=registry,
         )
-        info.labels(**model_labels).set(1)
+        self.set_model(model_labels)
+
+    def set_model(self, model_labels: dict[str, str]) -> None:
+        """The serving version changed: one ``forecast_model_info`` series, the new one's."""
+        self._info.clear()
+        self._info.labels(**model_labels).set(1)
 
     def record_rpc(self, method: str, code: str, seconds: float) -> None:
         self.requests.labels(method, code).inc()
@@ -190,6 +195,71 @@ class RealizedAccuracyMetrics(Collector):
         yield scored
         yield covered
         yield nominal
+
+
+# Why a published version was not considered (training.manifest.ArtifactError reasons, and
+# "incompatible" also for a request contract that differs from the serving version's).
+IGNORED_REASONS = ("incomplete", "checksum", "incompatible", "invalid")
+PROMOTION_RESULTS = ("promoted", "rejected")
+# Why a candidate failed its shadow evaluation.
+REJECTION_REASONS = ("collapsed", "worse_than_serving", "failed")
+
+
+class LifecycleMetrics:
+    """New versions: ignored, evaluated in the shadow of the serving one, promoted or rejected.
+    Every label set is known up front except the candidate's version, of which at most one
+    series exists at a time."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.ignored = Counter(
+            "forecast_model_versions_ignored",
+            "Published versions ignored, by reason: incomplete (still being copied), checksum "
+            "(tampered or corrupt), incompatible (format or request contract), invalid.",
+            ["reason"],
+            registry=registry,
+        )
+        self.promotions = Counter(
+            "forecast_model_promotions",
+            "Shadow-evaluation verdicts on candidate versions: promoted or rejected.",
+            ["result"],
+            registry=registry,
+        )
+        self.rejections = Counter(
+            "forecast_model_rejections",
+            "Rejected candidates by reason: collapsed (the collapse detector fired on its "
+            "outputs), worse_than_serving (realized error above the serving version's on the "
+            "same windows), failed (it could not forecast).",
+            ["reason"],
+            registry=registry,
+        )
+        self.candidate = Gauge(
+            "forecast_candidate_info",
+            "1 for the version under shadow evaluation; absent when there is none.",
+            ["version"],
+            registry=registry,
+        )
+        self.switches = Counter(
+            "forecast_model_switches",
+            "Changes of the serving version, by trigger: shadow (promoted after its shadow "
+            "evaluation), warm (promoted without traffic, --promote-without-traffic), admin "
+            "(ModelAdmin.SetServingVersion).",
+            ["trigger"],
+            registry=registry,
+        )
+        for reason in IGNORED_REASONS:
+            self.ignored.labels(reason)
+        for result in PROMOTION_RESULTS:
+            self.promotions.labels(result)
+        for reason in REJECTION_REASONS:
+            self.rejections.labels(reason)
+        for trigger in ("shadow", "warm", "admin"):
+            self.switches.labels(trigger)
+
+    def set_candidate(self, version: str | None) -> None:
+        """The version under evaluation now (None: none)."""
+        self.candidate.clear()
+        if version is not None:
+            self.candidate.labels(version).set(1)
 
 
 def start_metrics_server(

@@ -1,4 +1,5 @@
-"""Bearer-token authentication for every RPC except the health service."""
+"""Bearer-token authentication for every RPC except the health service; the admin service may
+have a token of its own."""
 
 from __future__ import annotations
 
@@ -13,28 +14,41 @@ if TYPE_CHECKING:
     from service.errors import Context, Continuation, Handler
 
 OPEN_PREFIXES = ("/grpc.health.v1.Health/",)
+ADMIN_PREFIX = "/forecast.v1.ModelAdmin/"
 
 
 class BearerTokenInterceptor(grpc.aio.ServerInterceptor):
-    """Requires ``authorization: Bearer <token>``; compares in constant time (hmac)."""
+    """Requires ``authorization: Bearer <token>``; compares in constant time (hmac).
 
-    def __init__(self, token: str) -> None:
-        if not token:
+    ``token`` guards every RPC but health (None: open); ``admin_token`` guards the admin
+    service instead (None: ``token`` does), so the admin service can need a token while the
+    forecast RPCs are open."""
+
+    def __init__(self, token: str | None, *, admin_token: str | None = None) -> None:
+        if token == "" or admin_token == "":
             raise ValueError("empty auth token")
-        self._expected = f"Bearer {token}".encode()
+        if token is None and admin_token is None:
+            raise ValueError("no token to require")
+        self._expected = None if token is None else f"Bearer {token}".encode()
+        admin = admin_token if admin_token is not None else token
+        self._admin_expected = None if admin is None else f"Bearer {admin}".encode()
 
     async def intercept_service(
         self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
     ) -> Handler | None:
         handler = await continuation(handler_call_details)
-        if handler is None or handler_call_details.method.startswith(OPEN_PREFIXES):
+        method = handler_call_details.method
+        if handler is None or method.startswith(OPEN_PREFIXES):
+            return handler
+        expected = self._admin_expected if method.startswith(ADMIN_PREFIX) else self._expected
+        if expected is None:
             return handler
         supplied = ""
         for key, value in handler_call_details.invocation_metadata or ():
             if key == "authorization":
                 supplied = value if isinstance(value, str) else value.decode("latin-1")
                 break
-        if hmac.compare_digest(supplied.encode("utf-8", "replace"), self._expected):
+        if hmac.compare_digest(supplied.encode("utf-8", "replace"), expected):
             return handler
         return _denied(handler)
 

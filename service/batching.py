@@ -32,6 +32,7 @@ from service.threads import MODEL_THREAD, MONITOR_THREAD, name_os_thread
 log = logging.getLogger(__name__)
 
 BatchObserver = Callable[[BatchResult], None]
+Predict = Callable[[np.ndarray], BatchResult]
 
 
 @dataclass(frozen=True)
@@ -49,6 +50,7 @@ class _Item:
     future: asyncio.Future[np.ndarray]
     deadline: float | None  # event-loop time
     first_index: int = 0  # index of this chunk's first window in its request
+    predict: Predict | None = None  # the model version the request was pinned to
 
 
 class WindowQueue:
@@ -76,10 +78,13 @@ class WindowQueue:
         self._depth += windows
 
     def take(self, max_windows: int, now: float) -> list[_Item]:
-        """The next items that fit in ``max_windows``, skipping cancelled and expired ones."""
+        """The next items that fit in ``max_windows``, skipping cancelled and expired ones. A
+        batch goes to one model version: it ends before an item pinned to another."""
         batch: list[_Item] = []
         size = 0
         while self._items and size + len(self._items[0].windows) <= max_windows:
+            if batch and self._items[0].predict != batch[0].predict:
+                break
             item = self._items.popleft()
             self._depth -= len(item.windows)
             if item.future.done():  # cancelled by the client while queued: costs no model time
@@ -95,7 +100,7 @@ class WindowQueue:
 class MicroBatcher:
     def __init__(
         self,
-        predict: Callable[[np.ndarray], BatchResult],
+        predict: Predict,
         queue: WindowQueue,
         *,
         max_batch_size: int,
@@ -138,14 +143,17 @@ class MicroBatcher:
             # Joining waits for the last batches to be observed: off the event loop.
             await asyncio.to_thread(self._observer_thread.close)
 
-    async def submit(self, windows: np.ndarray, deadline: float | None = None) -> np.ndarray:
-        """Forecasts ``[n, horizon]`` for ``windows`` ``[n, window, features]``."""
+    async def submit(
+        self, windows: np.ndarray, deadline: float | None = None, predict: Predict | None = None
+    ) -> np.ndarray:
+        """Forecasts ``[n, horizon]`` for ``windows`` ``[n, window, features]``, all made by
+        ``predict`` (the version the request is pinned to; default: the batcher's)."""
         if self._closed:
             raise ModelNotReady("server is shutting down")
         n = len(windows)
         loop = asyncio.get_running_loop()
         items = [
-            _Item(windows[lo : lo + self._max_batch], loop.create_future(), deadline, lo)
+            _Item(windows[lo : lo + self._max_batch], loop.create_future(), deadline, lo, predict)
             for lo in range(0, n, self._max_batch)
         ]
         self._queue.put(items, n)
@@ -170,8 +178,9 @@ class MicroBatcher:
             if not batch:
                 continue
             windows = np.concatenate([item.windows for item in batch])
+            predict = batch[0].predict or self._predict
             try:
-                result = await loop.run_in_executor(self._model_thread, self._predict, windows)
+                result = await loop.run_in_executor(self._model_thread, predict, windows)
             except Exception as exc:  # noqa: BLE001 - fail this batch, keep serving
                 log.exception("model call failed for a batch of %d windows", len(windows))
                 for item in batch:

@@ -34,7 +34,29 @@ def _buckets(text: str) -> tuple[int, ...]:
 class Settings:
     artifacts: Path = _setting(
         Path("artifacts"),
-        "a version directory, or the base directory (the newest version is served)",
+        "a version directory (pinned: never replaced), or the base directory: the newest "
+        "valid version is served, and versions published there later are evaluated in the "
+        "shadow of the serving one and promoted if healthy (see --poll-seconds)",
+    )
+    poll_seconds: float = _setting(
+        5.0,
+        "how often the artifacts base directory is checked for newly published versions "
+        "(0 = never; ModelAdmin can still switch versions)",
+    )
+    shadow_windows: int = _setting(
+        256,
+        "live windows a new version runs in the shadow of the serving one (its answers never "
+        "returned) before it is promoted, or rejected if it collapsed or did worse",
+    )
+    shadow_max_error_ratio: float = _setting(
+        1.1,
+        "a candidate whose realized MAE on the shadowed windows of series with a series_id "
+        "exceeds this multiple of the serving version's on the same windows is rejected",
+    )
+    promote_without_traffic: bool = _setting(
+        False,
+        "promote a new version as soon as it is loaded and compiled, without shadow "
+        "evaluation (off: with no traffic a candidate waits)",
     )
     address: str = _setting("0.0.0.0:50051", "gRPC listen address (host:port; port 0 = any)")
     metrics_port: int = _setting(9464, "Prometheus /metrics port (0 = any free port, -1 = off)")
@@ -95,6 +117,12 @@ class Settings:
         "require 'authorization: Bearer <token>' on every RPC except health checks "
         "(prefer the FORECAST_AUTH_TOKEN env var: flags show up in ps)",
     )
+    admin_token: str | None = _setting(
+        None,
+        "bearer token of the forecast.v1.ModelAdmin service (list and switch versions); "
+        "default: --auth-token. With neither, ModelAdmin is open, as the forecast RPCs are "
+        "(prefer the FORECAST_ADMIN_TOKEN env var)",
+    )
     log_level: str = _setting(
         "INFO", "logging level", choices=("DEBUG", "INFO", "WARNING", "ERROR")
     )
@@ -114,6 +142,12 @@ class Settings:
             )
         if self.max_tracked_series < 1:
             raise ValueError("--max-tracked-series must be >= 1")
+        if self.poll_seconds < 0:
+            raise ValueError("--poll-seconds must be >= 0")
+        if self.shadow_windows < 1:
+            raise ValueError("--shadow-windows must be >= 1")
+        if not self.shadow_max_error_ratio > 0:
+            raise ValueError("--shadow-max-error-ratio must be > 0")
         if self.grace_seconds < 0 or self.max_wait_ms < 0:
             raise ValueError("--grace-seconds and --max-wait-ms must be >= 0")
         if (self.tls_cert is None) != (self.tls_key is None):
@@ -210,7 +244,8 @@ def load_settings(argv: list[str] | None = None, env: Mapping[str, str] | None =
     values: dict[str, Any] = {}
     for f in fields(Settings):
         value = getattr(args, f.name)
-        if isinstance(value, str) and f.name != "auth_token" and _converter(f) is not str:
+        is_text = _converter(f) is str or f.name in ("auth_token", "admin_token")
+        if isinstance(value, str) and not is_text:
             value = _converter(f)(value)  # an untouched default shown as text in --help
         values[f.name] = value
     settings = Settings(**values)

@@ -50,6 +50,23 @@ class IntervalsUnavailable(ForecastError):
     code = grpc.StatusCode.FAILED_PRECONDITION
 
 
+class VersionNotFound(ForecastError):
+    """ModelAdmin was asked for a version that is not on disk."""
+
+    code = grpc.StatusCode.NOT_FOUND
+
+
+class VersionUnusable(ForecastError):
+    """A version cannot be served (or ModelAdmin cannot switch: no base directory). ``kind``
+    classifies it like :class:`training.manifest.ArtifactError`'s ``reason``."""
+
+    code = grpc.StatusCode.FAILED_PRECONDITION
+
+    def __init__(self, message: str, kind: str = "invalid") -> None:
+        super().__init__(message)
+        self.kind = kind
+
+
 INTERNAL_MESSAGE = "internal error; the server logged the details"
 UNDECODABLE_MESSAGE = "request bytes are not a valid protobuf message of the expected type"
 

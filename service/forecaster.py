@@ -35,6 +35,7 @@ class BatchResult:
     model_seconds: float
     # [n, features] float64: one row per window of what the model saw, for the detectors
     monitored: np.ndarray | None = None
+    version: str = ""  # the model version that made it
 
 
 class Forecaster:
@@ -123,4 +124,6 @@ class Forecaster:
         raw = np.concatenate(outputs)
         forecasts = self.transform.decode(raw, anchors)
         seconds = time.perf_counter() - started
-        return BatchResult(forecasts, raw, x, seconds, self.transform.monitored_rows(x))
+        return BatchResult(
+            forecasts, raw, x, seconds, self.transform.monitored_rows(x), self.version
+        )

@@ -13,7 +13,7 @@ import asyncio
 import logging
 import signal
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,20 +21,31 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import CollectorRegistry
+from prometheus_client.core import Metric
+from prometheus_client.registry import Collector
 
-from monitoring.metrics import RealizedAccuracyMetrics, ServingMetrics, start_metrics_server
+from monitoring.metrics import (
+    LifecycleMetrics,
+    RealizedAccuracyMetrics,
+    ServingMetrics,
+    start_metrics_server,
+)
+from monitoring.monitor import MAX_DELAY_SECONDS as MONITOR_MAX_DELAY_SECONDS
 from monitoring.monitor import PredictionMonitor
 from monitoring.realized import RealizedAccuracy
+from service.admin import ModelAdminServicer
 from service.announce import GRPC_LISTENING, METRICS_LISTENING
-from service.api import FORECAST_METHODS, SERVICE_NAME, pb_grpc
+from service.api import ADMIN_SERVICE_NAME, FORECAST_METHODS, SERVICE_NAME, pb_grpc
 from service.auth import BearerTokenInterceptor
 from service.batching import BatchObserver, IdleHook, MicroBatcher, WindowQueue
 from service.config import Settings
 from service.errors import Recorder, StatusInterceptor
 from service.forecaster import BatchResult, Forecaster
+from service.lifecycle import LifecycleSettings, ModelLifecycle, ServingModel
 from service.servicer import ForecastServicer, model_info
 from training.artifacts import Artifacts
 from training.intervals import REPORTED_LEVELS
+from training.manifest import MANIFEST_FILE
 
 log = logging.getLogger(__name__)
 
@@ -111,14 +122,23 @@ class RunningServer:
     port: int
     status: ServingHealth
     batcher: MicroBatcher
-    forecaster: Forecaster
-    monitor: PredictionMonitor | None = None
+    lifecycle: ModelLifecycle
     realized: RealizedAccuracy | None = None
     stop_warm_up: threading.Event = field(default_factory=threading.Event)
 
     @property
     def health(self) -> health.aio.HealthServicer:
         return self.status.servicer
+
+    @property
+    def forecaster(self) -> Forecaster:
+        """The serving version's forecaster."""
+        return self.lifecycle.serving.forecaster
+
+    @property
+    def monitor(self) -> PredictionMonitor | None:
+        """The serving version's detectors."""
+        return self.lifecycle.serving.monitor
 
     async def warm_up(self) -> None:
         """Compile every batch bucket off the event loop, then report SERVING."""
@@ -130,6 +150,7 @@ class RunningServer:
     async def shutdown(self, grace: float) -> None:
         """NOT_SERVING, stop taking RPCs, let in-flight ones finish within ``grace``, stop."""
         self.stop_warm_up.set()
+        await self.lifecycle.close()
         await self.status.drain()
         await self.server.stop(grace)
         await self.batcher.close()
@@ -149,30 +170,41 @@ async def create_server(
     With a ``registry``, serving metrics (and, unless ``settings.monitoring`` is off, the
     collapse and drift detectors, and unless ``settings.realized_tracking`` is off, the
     realized-accuracy counters) are registered on it. ``observers`` also see every batch.
+    ``artifacts`` is the version served first; with ``settings.artifacts`` a base directory,
+    versions published there later are evaluated and promoted (:mod:`service.lifecycle`).
     """
-    forecaster = Forecaster(
-        artifacts, buckets=settings.batch_buckets, jit_compile=settings.jit_compile
-    )
     status = ServingHealth(collapse_unready=settings.on_collapse == "unready")
     queue = WindowQueue(settings.max_queue_windows)
     metrics = _serving_metrics(registry, artifacts, device, queue)
-    monitor = _prediction_monitor(settings, artifacts, registry, status.on_collapse_change)
+    models = _ModelFactory(settings, device, status)
+    lifecycle = ModelLifecycle(
+        models.build(artifacts),
+        _lifecycle_settings(settings),
+        build=models.build_warm,
+        tracker=lambda: _realized_tracker(settings, lifecycle.serving.artifacts),
+        on_switch=lambda previous, new: _on_switch(new, metrics, status, device),
+        metrics=LifecycleMetrics(registry) if registry is not None else None,
+    )
+    models.lifecycle = lifecycle
+    if registry is not None:
+        registry.register(_ServingDetectors(lifecycle))
     realized = _realized_accuracy(settings, artifacts, registry)
     batcher = MicroBatcher(
-        forecaster.predict,
+        lifecycle.serving.forecaster.predict,
         queue,
         max_batch_size=settings.max_batch_size,
         max_wait_s=settings.max_wait_ms / 1000.0,
-        observers=(*observers, *_batch_observers(metrics, monitor, realized)),
-        on_idle=_idle_hook(monitor, realized),
+        observers=(*observers, *_batch_observers(metrics, lifecycle, realized)),
+        on_idle=_idle_hook(lifecycle, realized),
     )
     server = _grpc_server(settings, _rpc_recorder(metrics) if metrics is not None else None)
-    _add_services(server, settings, forecaster, batcher, status.servicer, device, realized)
+    _add_services(server, settings, lifecycle, batcher, status.servicer, realized)
     port, security = _bind(server, settings)
-    running = RunningServer(server, port, status, batcher, forecaster, monitor, realized)
+    running = RunningServer(server, port, status, batcher, lifecycle, realized)
     await status.set_serving(False)
     await server.start()
     batcher.start()
+    await lifecycle.start()
     log.info(GRPC_LISTENING + ", model %s", settings.address, port, security, artifacts.version)
     return running
 
@@ -231,26 +263,109 @@ def _model_labels(artifacts: Artifacts, device: str) -> dict[str, str]:
     }
 
 
+class _ModelFactory:
+    """Builds a :class:`ServingModel` of a version: forecaster, model info and detectors, the
+    detectors reporting collapse changes to health while their version serves."""
+
+    def __init__(self, settings: Settings, device: str, status: ServingHealth) -> None:
+        self.settings = settings
+        self.device = device
+        self.status = status
+        self.lifecycle: ModelLifecycle | None = None  # set once built around the first model
+
+    def build(self, artifacts: Artifacts) -> ServingModel:
+        settings = self.settings
+        forecaster = Forecaster(
+            artifacts, buckets=settings.batch_buckets, jit_compile=settings.jit_compile
+        )
+        info = model_info(
+            forecaster,
+            max_windows_per_request=settings.max_windows_per_request,
+            device=self.device,
+        )
+        model = ServingModel(artifacts, forecaster, info)
+
+        def on_collapse_change(collapsed: bool) -> None:
+            if self.lifecycle is None or self.lifecycle.serving is model:
+                self.status.on_collapse_change(collapsed)
+
+        model.monitor = _prediction_monitor(settings, artifacts, on_collapse_change)
+        return model
+
+    def build_warm(self, artifacts: Artifacts) -> ServingModel:
+        """Build and compile every batch bucket (a candidate, off the event loop)."""
+        model = self.build(artifacts)
+        model.forecaster.warm_up()
+        return model
+
+
+def _lifecycle_settings(settings: Settings) -> LifecycleSettings:
+    pinned = (Path(settings.artifacts) / MANIFEST_FILE).is_file()
+    return LifecycleSettings(
+        base=None if pinned else Path(settings.artifacts),
+        poll_seconds=settings.poll_seconds,
+        shadow_windows=settings.shadow_windows,
+        shadow_max_error_ratio=settings.shadow_max_error_ratio,
+        promote_without_traffic=settings.promote_without_traffic,
+    )
+
+
+def _on_switch(
+    model: ServingModel, metrics: ServingMetrics | None, status: ServingHealth, device: str
+) -> None:
+    """The serving version changed: its labels, and health from its detectors."""
+    if metrics is not None:
+        metrics.set_model(_model_labels(model.artifacts, device))
+    collapsed = model.monitor is not None and model.monitor.collapse.collapsed
+    if status.collapsed != collapsed:
+        status.on_collapse_change(collapsed)
+
+
+class _ServingDetectors(Collector):
+    """The serving version's detectors: the exported collapse and drift metrics follow it."""
+
+    def __init__(self, lifecycle: ModelLifecycle) -> None:
+        self._lifecycle = lifecycle
+
+    def collect(self) -> Iterator[Metric]:
+        monitor = self._lifecycle.serving.monitor
+        if monitor is not None:
+            yield from monitor.collect()
+
+
 def _prediction_monitor(
     settings: Settings,
     artifacts: Artifacts,
-    registry: CollectorRegistry | None,
     on_collapse_change: Callable[[bool], None],
 ) -> PredictionMonitor | None:
-    """The collapse and drift detectors, registered on ``registry``; None without a registry,
-    with monitoring off, or when the manifest has not calibrated them."""
-    if registry is None or not settings.monitoring:
+    """The collapse and drift detectors of a version; None with monitoring off or when the
+    manifest has not calibrated them."""
+    if not settings.monitoring:
         return None
     spec = artifacts.manifest.monitor_spec()
     if spec is None:
         log.warning(
-            "collapse/drift detectors off: manifest has no 'monitoring' calibration section "
-            "(retrain to calibrate them)"
+            "collapse/drift detectors of %s off: manifest has no 'monitoring' calibration "
+            "section (retrain to calibrate them)",
+            artifacts.version,
         )
         return None
-    monitor = PredictionMonitor(spec, on_collapse_change=on_collapse_change)
-    registry.register(monitor)
-    return monitor
+    return PredictionMonitor(spec, on_collapse_change=on_collapse_change)
+
+
+def _realized_tracker(settings: Settings, artifacts: Artifacts) -> RealizedAccuracy | None:
+    """A series tracker shaped like ``artifacts``' requests; None with ``--realized-tracking``
+    off or a window of one row."""
+    if not settings.realized_tracking or artifacts.window < 2:
+        return None
+    return RealizedAccuracy(
+        window=artifacts.window,
+        horizon=artifacts.horizon,
+        n_features=len(artifacts.feature_names),
+        target_index=artifacts.manifest.transform.target_index,
+        max_series=settings.max_tracked_series,
+        levels=REPORTED_LEVELS if artifacts.manifest.intervals is not None else (),
+    )
 
 
 def _realized_accuracy(
@@ -263,33 +378,31 @@ def _realized_accuracy(
     if artifacts.window < 2:
         log.warning("realized accuracy off: a window of one row never continues another")
         return None
-    realized = RealizedAccuracy(
-        window=artifacts.window,
-        horizon=artifacts.horizon,
-        n_features=len(artifacts.feature_names),
-        target_index=artifacts.manifest.transform.target_index,
-        max_series=settings.max_tracked_series,
-        levels=REPORTED_LEVELS if artifacts.manifest.intervals is not None else (),
-    )
+    realized = _realized_tracker(settings, artifacts)
+    assert realized is not None
     RealizedAccuracyMetrics(registry, realized.totals)
     return realized
 
 
 def _batch_observers(
     metrics: ServingMetrics | None,
-    monitor: PredictionMonitor | None,
+    lifecycle: ModelLifecycle,
     realized: RealizedAccuracy | None,
 ) -> tuple[BatchObserver, ...]:
     observers: list[BatchObserver] = []
     if metrics is not None:
         observers.append(lambda result: metrics.record_batch(len(result.forecasts)))
-    if monitor is not None:
 
-        def observe(result: BatchResult) -> None:
-            rows = result.monitored if result.monitored is not None else result.inputs[:, -1, :]
-            monitor.observe(rows, result.raw_output, result.forecasts)
+    def observe(result: BatchResult) -> None:
+        """The serving version's detectors see its batches (a batch the previous version
+        finished after a switch is not theirs)."""
+        model = lifecycle.serving
+        if model.monitor is None or result.version != model.version:
+            return
+        rows = result.monitored if result.monitored is not None else result.inputs[:, -1, :]
+        model.monitor.observe(rows, result.raw_output, result.forecasts)
 
-        observers.append(observe)
+    observers.append(observe)
     if realized is not None:
         # The windows come from the servicer once answered; the monitoring thread scores them
         # in its own time, between batches.
@@ -297,20 +410,19 @@ def _batch_observers(
     return tuple(observers)
 
 
-def _idle_hook(
-    monitor: PredictionMonitor | None, realized: RealizedAccuracy | None
-) -> IdleHook | None:
-    """What the monitoring thread does when traffic pauses: apply what the detectors buffer,
-    and score what waits."""
-    parts = [part for part in (monitor, realized) if part is not None]
-    if not parts:
-        return None
+def _idle_hook(lifecycle: ModelLifecycle, realized: RealizedAccuracy | None) -> IdleHook:
+    """What the monitoring thread does when traffic pauses: apply what the serving version's
+    detectors buffer, and score what waits."""
 
     def idle() -> None:
-        for part in parts:
-            part.flush()
+        monitor = lifecycle.serving.monitor
+        if monitor is not None:
+            monitor.flush()
+        if realized is not None:
+            realized.flush()
 
-    return IdleHook(idle, min(part.max_delay for part in parts))
+    delays = [MONITOR_MAX_DELAY_SECONDS] + ([realized.max_delay] if realized else [])
+    return IdleHook(idle, min(delays))
 
 
 def _rpc_recorder(metrics: ServingMetrics) -> Recorder:
@@ -326,8 +438,10 @@ def _rpc_recorder(metrics: ServingMetrics) -> Recorder:
 
 def _grpc_server(settings: Settings, record: Recorder | None) -> grpc.aio.Server:
     interceptors: list[grpc.aio.ServerInterceptor] = [StatusInterceptor(record)]
-    if settings.auth_token:
-        interceptors.append(BearerTokenInterceptor(settings.auth_token))
+    if settings.auth_token or settings.admin_token:
+        interceptors.append(
+            BearerTokenInterceptor(settings.auth_token, admin_token=settings.admin_token)
+        )
     return grpc.aio.server(
         interceptors=interceptors,
         options=[
@@ -342,28 +456,26 @@ def _grpc_server(settings: Settings, record: Recorder | None) -> grpc.aio.Server
 def _add_services(
     server: grpc.aio.Server,
     settings: Settings,
-    forecaster: Forecaster,
+    lifecycle: ModelLifecycle,
     batcher: MicroBatcher,
     health_servicer: health.aio.HealthServicer,
-    device: str,
     realized: RealizedAccuracy | None,
 ) -> None:
-    """The forecast service, gRPC health and reflection."""
-    info = model_info(
-        forecaster, max_windows_per_request=settings.max_windows_per_request, device=device
-    )
+    """The forecast and admin services, gRPC health and reflection."""
     servicer = ForecastServicer(
-        forecaster,
+        lifecycle,
         batcher,
         max_windows_per_request=settings.max_windows_per_request,
-        model_info=info,
         realized=realized,
     )
     pb_grpc.add_ForecastServiceServicer_to_server(servicer, server)  # type: ignore[no-untyped-call]
+    admin = ModelAdminServicer(lifecycle)
+    pb_grpc.add_ModelAdminServicer_to_server(admin, server)  # type: ignore[no-untyped-call]
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
         (
             SERVICE_NAME,
+            ADMIN_SERVICE_NAME,
             health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
             reflection.SERVICE_NAME,
         ),

@@ -20,6 +20,7 @@ from service.convert import (
 )
 from service.errors import ForecastError, InvalidWindow
 from service.forecaster import Forecaster
+from service.lifecycle import ModelLifecycle, ServingModel
 from training.baselines import Baselines
 from training.intervals import IntervalCalibration
 
@@ -28,9 +29,10 @@ STREAM_IN_FLIGHT = 32
 
 
 class _Pending(NamedTuple):
-    """A stream message in the model pipeline: its windows, levels, series ids and forecasts
-    to come."""
+    """A stream message in the model pipeline: the version it is pinned to, its windows,
+    levels, series ids and forecasts to come."""
 
+    model: ServingModel
     windows: np.ndarray
     levels: tuple[float, ...]
     series_ids: list[str] | None
@@ -38,45 +40,57 @@ class _Pending(NamedTuple):
 
 
 class ForecastServicer(pb_grpc.ForecastServiceServicer):
+    """Each request (each stream message) is pinned to the version serving when it arrives:
+    that version's model forecasts all its windows, its calibration makes the intervals and
+    its name is the response's ``model_version``."""
+
     def __init__(
         self,
-        forecaster: Forecaster,
+        lifecycle: ModelLifecycle,
         batcher: MicroBatcher,
         *,
         max_windows_per_request: int,
-        model_info: pb.ModelInfo,
         realized: RealizedAccuracy | None = None,
     ):
         """``realized``: where windows with a series id go to be scored later (None: off)."""
-        self._forecaster = forecaster
+        self._lifecycle = lifecycle
         self._batcher = batcher
         self._max_windows = max_windows_per_request
-        self._info = model_info
         self._realized = realized
 
     def _parse(
-        self, request: pb.ForecastRequest
+        self, model: ServingModel, request: pb.ForecastRequest
     ) -> tuple[np.ndarray, tuple[float, ...], list[str] | None]:
         """The request's raw windows, interval levels and series ids, checked."""
+        forecaster = model.forecaster
         windows = windows_from_request(
             request,
-            window=self._forecaster.window,
-            n_features=self._forecaster.n_features,
+            window=forecaster.window,
+            n_features=forecaster.n_features,
             max_windows=self._max_windows,
         )
         levels = levels_from_request(request)
-        self._forecaster.check_levels(levels)
+        forecaster.check_levels(levels)
         return windows, levels, series_ids_from_request(request)
+
+    async def _forecast(
+        self, model: ServingModel, windows: np.ndarray, deadline: float | None
+    ) -> np.ndarray:
+        forecaster = model.forecaster
+        return await self._batcher.submit(windows, deadline, forecaster.predict)
 
     def _answer(
         self,
+        model: ServingModel,
         windows: np.ndarray,
         levels: tuple[float, ...],
         series_ids: list[str] | None,
         forecasts: np.ndarray,
     ) -> pb.ForecastResponse:
         """The response to one request (or stream message); intervals only when asked for."""
-        intervals = self._forecaster.intervals(windows, forecasts, levels) if levels else None
+        forecaster = model.forecaster
+        self._lifecycle.offer(model, windows, series_ids, forecasts)
+        intervals = forecaster.intervals(windows, forecasts, levels) if levels else None
         # Per request, for realized-accuracy scoring: forecasts [n, horizon] float64 and, with
         # levels, intervals.levels (percent, request order) and intervals.lo / intervals.hi
         # [n, L, horizon] float64, target units; intervals is None without levels.
@@ -92,7 +106,7 @@ class ForecastServicer(pb_grpc.ForecastServiceServicer):
                     lower=intervals.lo,
                     upper=intervals.hi,
                 )
-        return response_from_forecasts(forecasts, self._forecaster.version, intervals)
+        return response_from_forecasts(forecasts, forecaster.version, intervals)
 
     @staticmethod
     def _deadline(context: grpc.aio.ServicerContext[Any, Any]) -> float | None:
@@ -102,9 +116,10 @@ class ForecastServicer(pb_grpc.ForecastServiceServicer):
     async def Forecast(
         self, request: pb.ForecastRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.ForecastResponse:
-        windows, levels, series_ids = self._parse(request)
-        forecasts = await self._batcher.submit(windows, self._deadline(context))
-        return self._answer(windows, levels, series_ids, forecasts)
+        model = self._lifecycle.serving
+        windows, levels, series_ids = self._parse(model, request)
+        forecasts = await self._forecast(model, windows, self._deadline(context))
+        return self._answer(model, windows, levels, series_ids, forecasts)
 
     async def StreamForecast(
         self,
@@ -124,16 +139,17 @@ class ForecastServicer(pb_grpc.ForecastServiceServicer):
             index = 0
             try:
                 async for request in request_iterator:
+                    model = self._lifecycle.serving
                     try:
-                        windows, levels, series_ids = self._parse(request)
+                        windows, levels, series_ids = self._parse(model, request)
                     except ForecastError as exc:
                         queue.put_nowait(type(exc)(f"message {index}: {exc}"))
                         return
                     await slots.acquire()
                     forecasts = asyncio.ensure_future(
-                        _with_message_index(index, self._batcher.submit(windows, deadline))
+                        _with_message_index(index, self._forecast(model, windows, deadline))
                     )
-                    queue.put_nowait(_Pending(windows, levels, series_ids, forecasts))
+                    queue.put_nowait(_Pending(model, windows, levels, series_ids, forecasts))
                     index += 1
             finally:
                 queue.put_nowait(None)
@@ -145,7 +161,9 @@ class ForecastServicer(pb_grpc.ForecastServiceServicer):
                     raise item
                 forecasts = await item.forecasts
                 slots.release()
-                yield self._answer(item.windows, item.levels, item.series_ids, forecasts)
+                yield self._answer(
+                    item.model, item.windows, item.levels, item.series_ids, forecasts
+                )
             await reader  # surfaces a failure of the request stream itself
         finally:
             reader.cancel()
@@ -157,7 +175,7 @@ class ForecastServicer(pb_grpc.ForecastServiceServicer):
     async def GetModelInfo(
         self, request: pb.GetModelInfoRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.ModelInfo:
-        return self._info
+        return self._lifecycle.serving.info
 
 
 async def _with_message_index(index: int, forecast: Awaitable[np.ndarray]) -> np.ndarray:

@@ -12,6 +12,7 @@ import ctypes
 # At most 15 bytes each (the kernel's limit).
 MODEL_THREAD = "fc-model"
 MONITOR_THREAD = "fc-monitor"
+SHADOW_THREAD = "fc-shadow"
 _PR_SET_NAME = 15
 
 

@@ -16,10 +16,16 @@ from benchmarks.quality import (
     TrainingRun,
     baselines_for,
     build_parser,
+    chance_within_target,
     console_table,
+    coverage_pmf,
     interval_rows,
     main,
+    markdown,
+    pooled_coverage,
+    series_notes,
     series_result,
+    within_target,
 )
 from training.table import load_csv
 
@@ -267,17 +273,217 @@ def test_series_result_reads_the_intervals_and_autoets_intervals(tmp_path):
     intervals = record["intervals"]
     assert intervals["methods"] == ["absolute", "normalized"]  # the served one first
     assert intervals["calibration_windows"] == 100
+    assert intervals["test_windows"] == 100 and intervals["horizon"] == 1
     at80, at95 = intervals["levels"]
     assert at80["methods"]["normalized"] == {"coverage": 0.81, "mean_width": 2.2}
     assert at80["AutoETS"] == {"coverage": 0.70, "mean_width": 4.0}
     assert at80["width_vs_AutoETS"] == pytest.approx(0.5)
     assert at80["coverage_target"]["met"] is False  # 84 % is 4 points off 80 %
     assert at95["coverage_target"]["met"] is True
+    assert at80["coverage_target"]["p_within_if_exact"] == pytest.approx(
+        chance_within_target(100, 100, 80.0), abs=1e-4
+    )
     results = {"series": [record]}
-    header, (row,) = interval_rows(results)
-    assert header[3] == "80% absolute (served)" and header[5] == "80% AutoETS"
-    assert row[3] == "84.0% / 2" and row[5] == "70.0% / 4" and row[6] == "0.50"
+    header, (row, pooled) = interval_rows(results)
+    assert header[3] == "80% absolute (served)" and header[6] == "80% AutoETS"
+    assert row[3] == "84.0% / 2" and row[6] == "70.0% / 4" and row[7] == "0.50"
     assert row[-1] == "80% MISSED, 95% met"
+    assert pooled[0] == "pooled (1 series)" and pooled[3] == "84.0%"
+
+
+# --------------------------------------------------------------------------------------------
+# How noisy the coverage check is, and the pooled coverage
+# --------------------------------------------------------------------------------------------
+
+
+def _simulated_covered(n: int, m: int, level: float, trials: int, seed: int) -> np.ndarray:
+    """Split conformal run ``trials`` times on exchangeable data: ``n`` calibration and ``m``
+    test absolute errors of one continuous distribution, the bound the trainer's rank
+    ``ceil((n + 1) level / 100)`` of the calibration errors; the covered test windows each time."""
+    rng = np.random.default_rng(seed)
+    rank = int(np.ceil((n + 1) * level / 100))
+    bound = np.sort(np.abs(rng.standard_normal((trials, n))), axis=1)[:, rank - 1]
+    return (np.abs(rng.standard_normal((trials, m))) <= bound[:, None]).sum(axis=1)
+
+
+def test_coverage_pmf_matches_simulated_split_conformal():
+    n, m, level = 227, 227, 80.0  # co2's windows
+    covered = _simulated_covered(n, m, level, trials=20_000, seed=15)
+    pmf = coverage_pmf(n, m, level)
+    assert pmf.sum() == pytest.approx(1.0, abs=1e-12)
+    assert (pmf >= 0).all()
+    # Mean coverage r / (n + 1) with r = 183: just above the level, as split conformal promises.
+    assert np.arange(m + 1) @ pmf / m == pytest.approx(183 / 228)
+    within = chance_within_target(n, m, level)
+    simulated = np.mean(np.abs(100 * covered / m - level) <= 3 + 1e-9)
+    assert within == pytest.approx(simulated, abs=0.015)  # 4 Monte Carlo standard errors
+    assert within == pytest.approx(0.587, abs=0.001)
+    assert pmf[np.arange(m + 1) / m >= 0.85 - 1e-12].sum() == pytest.approx(0.108, abs=0.001)
+    assert chance_within_target(n, m, 95.0) == pytest.approx(0.882, abs=0.001)
+
+
+def test_coverage_pmf_equals_scipys_beta_binomial():
+    stats = pytest.importorskip("scipy.stats")
+    for n, m, level in ((227, 227, 80.0), (205, 150, 95.0), (10, 7, 50.0)):
+        r = int(np.ceil((n + 1) * level / 100))
+        expected = stats.betabinom(m, r, n + 1 - r).pmf(np.arange(m + 1))
+        np.testing.assert_allclose(coverage_pmf(n, m, level), expected, rtol=1e-9, atol=1e-15)
+
+
+def test_coverage_pmf_symmetric_and_limit_cases():
+    # At 50 % with n odd the rank is (n + 1) / 2: Beta(r, r), symmetric about half covered.
+    pmf = coverage_pmf(99, 40, 50.0)
+    np.testing.assert_allclose(pmf, pmf[::-1], rtol=1e-12)
+    # Rank past n (10 windows at 95 %: rank 11): the bound is infinite, every window covered.
+    assert coverage_pmf(10, 30, 95.0).tolist() == [0.0] * 30 + [1.0]
+    assert chance_within_target(10, 30, 95.0) == 0.0
+    assert chance_within_target(10, 30, 95.0, points=5.0) == 1.0
+    # One test window covers 0 % or 100 %: never within 3 points of 80 %; always within 100.
+    assert chance_within_target(227, 1, 80.0) == 0.0
+    assert chance_within_target(227, 1, 80.0, points=100.0) == pytest.approx(1.0)
+    # More windows, less noise; with very many the check almost always passes.
+    chances = [chance_within_target(w, w, 80.0) for w in (187, 227, 684, 1242, 20_000)]
+    assert chances == sorted(chances) and chances[-1] > 0.9999
+    with pytest.raises(ValueError):
+        coverage_pmf(0, 10, 80.0)
+
+
+def test_within_target_includes_its_bounds_despite_rounding():
+    assert 100 * (57 / 100) != 57.0  # 56.99999999999999
+    assert within_target(100 * (57 / 100), 60.0)
+    assert within_target(83.0, 80.0) and within_target(77.0, 80.0)
+    assert not within_target(83.01, 80.0)
+
+
+def _interval_record(name: str, n: int, m: int, c80: float, c95: float, ets80: float) -> dict:
+    """A series record holding what the intervals table reads (coverage of ``m`` windows)."""
+
+    def level(level: float, coverage: float, ets: float | None) -> dict:
+        return {
+            "level": level,
+            "methods": {
+                "absolute": {"coverage": coverage, "mean_width": 1.0},
+                "normalized": {"coverage": coverage, "mean_width": 1.5},
+            },
+            "AutoETS": None if ets is None else {"coverage": ets, "mean_width": 2.0},
+            "width_vs_AutoETS": None if ets is None else 0.5,
+            "coverage_target": {
+                "value": round(100 * coverage, 2),
+                "limit": f"{level:g} +/- 3",
+                "met": within_target(100 * coverage, level),
+            },
+        }
+
+    return {
+        "name": name,
+        **DATASETS["co2"].describe(),
+        "rows": 2000,
+        "training": {"timed_out": False, "exit_code": 0},
+        "model": {"test_windows": m},
+        "intervals": {
+            "method": "absolute",
+            "calibration_windows": n,
+            "methods": ["absolute", "normalized"],
+            "AutoETS_note": "ETS AANN",
+            "levels": [level(80.0, c80, ets80), level(95.0, c95, None)],
+        },
+    }
+
+
+def _results(series: list[dict]) -> dict:
+    """A benchmark record around ``series``, as ``main`` writes it (for :func:`markdown`)."""
+    return {
+        "command": "python -m benchmarks.quality",
+        "started_at": "2026-11-29T12:39:56Z",
+        "finished_at": "2026-11-29T12:44:51Z",
+        "git": {"commit": "abc1234", "uncommitted_training": []},
+        "machine": {
+            "cpu_model": "CPU",
+            "usable_cores": 2,
+            "memory_gib": 8,
+            "load_average_1m_at_start": 0.5,
+            "tensorflow": "2.21.0",
+        },
+        "statsforecast": "2.1.1",
+        "training_command": "python -m training.train",
+        "extra_training_args": [],
+        "series": series,
+    }
+
+
+def test_pooled_coverage_weighs_each_series_by_its_test_windows():
+    series = [
+        _interval_record("big", 900, 800, 640 / 800, 760 / 800, 0.75),  # 80.0 %, 95.0 %
+        _interval_record("small", 227, 200, 170 / 200, 196 / 200, 0.70),  # 85.0 %, 98.0 %
+        {"name": "untrained", "rows": 10},
+    ]
+    at80, at95 = pooled_coverage(series)
+    assert at80["series"] == ["big", "small"]
+    assert (at80["calibration_windows"], at80["test_windows"]) == (1127, 1000)
+    assert at80["methods"]["absolute"] == pytest.approx(810 / 1000)  # not (80 + 85) / 2
+    assert at80["AutoETS"] == pytest.approx((600 + 140) / 1000)
+    assert at95["AutoETS"] is None  # a series without it: no pooled figure
+    assert at80["coverage_target"]["value"] == 81.0 and at80["coverage_target"]["met"] is True
+    assert at95["coverage_target"]["value"] == 95.6
+    # The pooled chance is the sum of the two counts' distributions, not either alone.
+    together = np.convolve(coverage_pmf(900, 800, 80.0), coverage_pmf(227, 200, 80.0))
+    within = sum(p for k, p in enumerate(together) if abs(k / 10 - 80) <= 3 + 1e-9)
+    assert at80["coverage_target"]["p_within_if_exact"] == pytest.approx(within, abs=1e-4)
+    assert within > chance_within_target(900, 800, 80.0) > chance_within_target(227, 200, 80.0)
+    # One series pooled is that series, its miss included.
+    (alone, _) = pooled_coverage(series[1:2])
+    assert alone["coverage_target"]["met"] is False
+    assert alone["coverage_target"]["p_within_if_exact"] == pytest.approx(
+        chance_within_target(227, 200, 80.0), abs=1e-4
+    )
+
+
+def test_pooled_coverage_leaves_out_multi_step_series_and_falls_back_to_test_windows():
+    multi = _interval_record("multi", 300, 300, 0.8, 0.95, 0.7)
+    multi["intervals"]["horizon"] = 24
+    unknown = _interval_record("unknown", 0, 250, 0.8, 0.95, 0.7)  # no calibration count
+    (at80, _) = pooled_coverage([multi, unknown])
+    assert at80["series"] == ["unknown"]
+    assert at80["calibration_windows"] == 250  # n taken as m
+    assert pooled_coverage([multi]) == []
+    _, (multi_row, unknown_row, pooled) = interval_rows(_results([multi, unknown]))
+    assert multi_row[:5] == ["multi", "300", "300", "80.0% / 1", "-"]
+    assert unknown_row[:5] == ["unknown", "-", "250", "80.0% / 1", "0.60 (n = m)"]
+    assert pooled[:3] == ["pooled (1 series)", "250", "250"]
+
+
+def test_interval_table_shows_windows_chance_and_pooled_row():
+    series = [
+        _interval_record("co2", 227, 227, 193 / 227, 219 / 227, 0.727),
+        _interval_record("sf_temps", 1242, 1242, 995 / 1242, 1181 / 1242, 0.668),
+    ]
+    results = _results(series)
+    header, (co2, sf, pooled) = interval_rows(results)
+    assert header[:6] == [
+        "series",
+        "calib. windows n",
+        "test windows m",
+        "80% absolute (served)",
+        "80% P(within +/-3) if exact",
+        "80% normalized",
+    ]
+    assert header[9] == "95% P(within +/-3) if exact"
+    assert co2[:5] == ["co2", "227", "227", "85.0% / 1", "0.59"]
+    assert co2[9] == "0.88" and co2[-1] == "80% MISSED, 95% met"
+    assert sf[4] == "0.94" and sf[9] == "> 0.99"
+    assert pooled[:5] == ["pooled (2 series)", "1469", "1469", "80.9%", "0.96"]
+    assert pooled[5:8] == ["80.9%", "67.7%", "-"]  # coverage only: widths do not pool
+    assert pooled[-1] == "80% met, 95% met"
+    text = markdown(results)
+    assert "| pooled (2 series) | 1469 | 1469 | 80.9% | 0.96 | 80.9% | 67.7% | - |" in text
+    assert "the less noisy measurement" in text and "stays as measured" in text
+    console = console_table(results)
+    assert "pooled (2 series)" in console and "\nP(within +/-3) if exact: the chance" in console
+    (missed,) = [n for n in series_notes(series[0]) if "MISSED" in n]
+    assert missed == (
+        "target coverage at 80% MISSED: 85.0% outside 80 +/- 3 (an exactly calibrated method "
+        "lands within it with probability 0.59 on 227 calibration and 227 test windows)"
+    )
 
 
 def test_series_result_without_intervals_leaves_them_out(tmp_path):

@@ -54,7 +54,14 @@ CHECKSUMMED = (MODEL_FILE, SCALER_FILE)
 
 
 class ArtifactError(Exception):
-    """An artifact cannot be used. The message is one line naming the file and the problem."""
+    """An artifact cannot be used. The message is one line naming the file and the problem;
+    ``reason`` classifies it: ``incomplete`` (a file or the manifest is missing: a version still
+    being copied), ``checksum`` (a file differs from its sealed sha256: tampered or corrupt),
+    ``incompatible`` (a format this release does not read) or ``invalid`` (anything else)."""
+
+    def __init__(self, message: str, reason: str = "invalid") -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -230,7 +237,8 @@ class Manifest:
             raise ArtifactError(
                 f"{source}: format_version {found!r} is not one this server reads "
                 f"(it reads format {', '.join(map(str, KNOWN_FORMATS))}); "
-                "serve it with a matching release or retrain"
+                "serve it with a matching release or retrain",
+                "incompatible",
             )
         if found == 1:
             body = _from_format1(body)
@@ -259,7 +267,7 @@ class Manifest:
         every listed file's sha256 (without deserialising any of them)."""
         path = version_dir / MANIFEST_FILE
         if not path.is_file():
-            raise ArtifactError(f"{path}: missing manifest")
+            raise ArtifactError(f"{path}: missing manifest", "incomplete")
         try:
             body = json.loads(path.read_text())
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -340,9 +348,10 @@ def _verify_files(version_dir: Path, files: Mapping[str, str]) -> None:
         if Path(name).name != name:
             raise ArtifactError(f"{manifest_path}: file name {name!r} is not a plain name")
         if not target.is_file():
-            raise ArtifactError(f"{target}: missing (listed in {MANIFEST_FILE})")
+            raise ArtifactError(f"{target}: missing (listed in {MANIFEST_FILE})", "incomplete")
         actual = sha256_file(target)
         if actual != expected:
             raise ArtifactError(
-                f"{target}: sha256 mismatch (manifest {str(expected)[:12]}…, file {actual[:12]}…)"
+                f"{target}: sha256 mismatch (manifest {str(expected)[:12]}…, file {actual[:12]}…)",
+                "checksum",
             )

@@ -193,3 +193,34 @@ async def client_cli(*args: str, env: dict[str, str] | None = None) -> CliResult
     )
     stdout, stderr = await asyncio.wait_for(process.communicate(), 60)
     return CliResult(await process.wait(), stdout.decode(), stderr.decode())
+
+
+# -------------------------------------------------------------------------------------------
+# Publishing versions into a watched base directory
+# -------------------------------------------------------------------------------------------
+
+
+def republish(source: Path, base: Path) -> Path:
+    """Publish the files of version ``source`` under a new version name in ``base``, sealed
+    like any published version: a stand-in for a retrained, healthy version."""
+    import shutil
+
+    from training.artifacts import new_version_name, publish
+    from training.manifest import MANIFEST_FILE, Manifest
+
+    manifest = Manifest.load(source)
+
+    def write(directory: Path) -> Manifest:
+        for item in source.iterdir():
+            if item.is_file() and item.name != MANIFEST_FILE:
+                shutil.copy2(item, directory / item.name)
+        return manifest
+
+    return publish(base, new_version_name(), write)
+
+
+def flip_byte(path: Path) -> None:
+    """Corrupt one byte in the middle of ``path`` (its sealed checksum no longer matches)."""
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))

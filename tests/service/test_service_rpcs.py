@@ -99,6 +99,7 @@ async def test_reflection_lists_the_forecast_service(channel):
 
     names = {s.name for s in response.list_services_response.service}
     assert "forecast.v1.ForecastService" in names
+    assert "forecast.v1.ModelAdmin" in names
     assert "grpc.health.v1.Health" in names
 
 
@@ -118,5 +119,9 @@ async def test_reflection_describes_the_forecast_service(channel):
         for raw in response.file_descriptor_response.file_descriptor_proto
     ]
     (forecast_file,) = [f for f in files if f.package == "forecast.v1"]
-    (service,) = forecast_file.service
-    assert {m.name for m in service.method} == {"Forecast", "StreamForecast", "GetModelInfo"}
+    services = {service.name: service for service in forecast_file.service}
+    assert set(services) == {"ForecastService", "ModelAdmin"}
+    methods = {m.name for m in services["ForecastService"].method}
+    assert methods == {"Forecast", "StreamForecast", "GetModelInfo"}
+    admin = {m.name for m in services["ModelAdmin"].method}
+    assert admin == {"ListVersions", "SetServingVersion"}

@@ -151,3 +151,45 @@ class IntervalScore(_message.Message):
     coverage: float
     mean_width: float
     def __init__(self, level: _Optional[float] = ..., coverage: _Optional[float] = ..., mean_width: _Optional[float] = ...) -> None: ...
+
+class ListVersionsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ModelVersion(_message.Message):
+    __slots__ = ("version", "status", "created_at", "test", "reason")
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    TEST_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    version: str
+    status: str
+    created_at: str
+    test: SplitMetrics
+    reason: str
+    def __init__(self, version: _Optional[str] = ..., status: _Optional[str] = ..., created_at: _Optional[str] = ..., test: _Optional[_Union[SplitMetrics, _Mapping]] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class ListVersionsResponse(_message.Message):
+    __slots__ = ("versions", "serving_version", "artifacts")
+    VERSIONS_FIELD_NUMBER: _ClassVar[int]
+    SERVING_VERSION_FIELD_NUMBER: _ClassVar[int]
+    ARTIFACTS_FIELD_NUMBER: _ClassVar[int]
+    versions: _containers.RepeatedCompositeFieldContainer[ModelVersion]
+    serving_version: str
+    artifacts: str
+    def __init__(self, versions: _Optional[_Iterable[_Union[ModelVersion, _Mapping]]] = ..., serving_version: _Optional[str] = ..., artifacts: _Optional[str] = ...) -> None: ...
+
+class SetServingVersionRequest(_message.Message):
+    __slots__ = ("version",)
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    version: str
+    def __init__(self, version: _Optional[str] = ...) -> None: ...
+
+class SetServingVersionResponse(_message.Message):
+    __slots__ = ("model_version", "previous_version")
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    PREVIOUS_VERSION_FIELD_NUMBER: _ClassVar[int]
+    model_version: str
+    previous_version: str
+    def __init__(self, model_version: _Optional[str] = ..., previous_version: _Optional[str] = ...) -> None: ...

@@ -184,3 +184,128 @@ class ForecastService:
             timeout,
             metadata,
             _registered_method=True)
+
+
+class ModelAdminStub:
+    """The operator's view of the versions under the server's artifacts directory. Needs the admin
+    bearer token (--admin-token, else --auth-token) whenever one is configured.
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.ListVersions = channel.unary_unary(
+                '/forecast.v1.ModelAdmin/ListVersions',
+                request_serializer=forecast_dot_v1_dot_forecast__pb2.ListVersionsRequest.SerializeToString,
+                response_deserializer=forecast_dot_v1_dot_forecast__pb2.ListVersionsResponse.FromString,
+                _registered_method=True)
+        self.SetServingVersion = channel.unary_unary(
+                '/forecast.v1.ModelAdmin/SetServingVersion',
+                request_serializer=forecast_dot_v1_dot_forecast__pb2.SetServingVersionRequest.SerializeToString,
+                response_deserializer=forecast_dot_v1_dot_forecast__pb2.SetServingVersionResponse.FromString,
+                _registered_method=True)
+
+
+class ModelAdminServicer:
+    """The operator's view of the versions under the server's artifacts directory. Needs the admin
+    bearer token (--admin-token, else --auth-token) whenever one is configured.
+    """
+
+    def ListVersions(self, request, context):
+        """Every version on disk, oldest first, with its status.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetServingVersion(self, request, context):
+        """Load, warm up and serve `version` at once, skipping the shadow evaluation: the
+        operator's rollback (or roll-forward). NOT_FOUND for a version not on disk,
+        FAILED_PRECONDITION for one that cannot be served (checksums, format, shapes).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_ModelAdminServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'ListVersions': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListVersions,
+                    request_deserializer=forecast_dot_v1_dot_forecast__pb2.ListVersionsRequest.FromString,
+                    response_serializer=forecast_dot_v1_dot_forecast__pb2.ListVersionsResponse.SerializeToString,
+            ),
+            'SetServingVersion': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetServingVersion,
+                    request_deserializer=forecast_dot_v1_dot_forecast__pb2.SetServingVersionRequest.FromString,
+                    response_serializer=forecast_dot_v1_dot_forecast__pb2.SetServingVersionResponse.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'forecast.v1.ModelAdmin', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('forecast.v1.ModelAdmin', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class ModelAdmin:
+    """The operator's view of the versions under the server's artifacts directory. Needs the admin
+    bearer token (--admin-token, else --auth-token) whenever one is configured.
+    """
+
+    @staticmethod
+    def ListVersions(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/forecast.v1.ModelAdmin/ListVersions',
+            forecast_dot_v1_dot_forecast__pb2.ListVersionsRequest.SerializeToString,
+            forecast_dot_v1_dot_forecast__pb2.ListVersionsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetServingVersion(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/forecast.v1.ModelAdmin/SetServingVersion',
+            forecast_dot_v1_dot_forecast__pb2.SetServingVersionRequest.SerializeToString,
+            forecast_dot_v1_dot_forecast__pb2.SetServingVersionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)

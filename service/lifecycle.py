@@ -1,0 +1,472 @@
+"""Model versions without restarts: watch the artifacts, load a new version in the background,
+evaluate it in the shadow of the serving one, promote or reject it, and switch on request.
+
+The pieces, all on the event loop except where noted:
+
+- :class:`ServingModel`: one loaded, compiled version with its model info and its own
+  detectors. A request is pinned to the version serving when it arrives
+  (:attr:`ModelLifecycle.serving`): its windows go to that version's model only, and its
+  response carries that version, so no request is answered by a mixture. Switching is one
+  assignment on the event loop: atomic for every request that comes after it.
+- Watching: every ``--poll-seconds`` the base directory is listed (off the loop). A version
+  directory seen for the first time is verified (manifest, format, checksums); one that fails
+  is *ignored*, with one log line and ``forecast_model_versions_ignored_total{reason}``, and is
+  looked at again only when its files change (a copy still in progress completes). A valid
+  one whose request contract (features, window, horizon, target) differs from the serving
+  version's is ignored as ``incompatible``: its clients would break.
+- A new valid version becomes the *candidate*: loaded and compiled off the loop (serving goes
+  on), then evaluated by :class:`service.shadow.ShadowEvaluation` on live traffic, or promoted
+  as soon as it is warm with ``--promote-without-traffic``. A rejected version stays rejected:
+  only a version published under a new name is evaluated again. A newer version arriving
+  during an evaluation replaces the candidate.
+- :meth:`ModelLifecycle.set_serving_version`: the operator's switch (rollback), no shadow.
+
+Versions present at start-up are not candidates: the newest valid one serves, the others are
+available for a switch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from monitoring.metrics import LifecycleMetrics
+from monitoring.monitor import PredictionMonitor
+from monitoring.realized import RealizedAccuracy
+from service.api import pb
+from service.errors import VersionNotFound, VersionUnusable
+from service.forecaster import Forecaster
+from service.shadow import ShadowEvaluation, Verdict
+from training.artifacts import ArtifactError, Artifacts, list_versions, load_artifacts
+from training.manifest import Manifest
+
+log = logging.getLogger(__name__)
+
+SERVING, CANDIDATE, REJECTED, AVAILABLE, IGNORED = (
+    "serving",
+    "candidate",
+    "rejected",
+    "available",
+    "ignored",
+)
+
+
+@dataclass(eq=False)
+class ServingModel:
+    """One loaded version: its artifacts, compiled forecaster, model info and detectors."""
+
+    artifacts: Artifacts
+    forecaster: Forecaster
+    info: pb.ModelInfo
+    monitor: PredictionMonitor | None = None
+
+    @property
+    def version(self) -> str:
+        return self.artifacts.version
+
+
+@dataclass
+class VersionRecord:
+    """What the server knows of one version directory."""
+
+    version: str
+    status: str
+    signature: tuple[int, ...] = ()  # changes when the directory's files do
+    created_at: str = ""
+    test: pb.SplitMetrics | None = None
+    reason: str = ""  # why rejected or ignored
+    kind: str = ""  # an ignored version's metric reason (monitoring.metrics.IGNORED_REASONS)
+
+    def with_kind(self, kind: str) -> VersionRecord:
+        self.kind = kind
+        return self
+
+    def message(self) -> pb.ModelVersion:
+        return pb.ModelVersion(
+            version=self.version,
+            status=self.status,
+            created_at=self.created_at,
+            test=self.test,
+            reason=self.reason,
+        )
+
+
+@dataclass(frozen=True)
+class LifecycleSettings:
+    base: Path | None  # the watched base directory; None: a pinned version
+    poll_seconds: float
+    shadow_windows: int
+    shadow_max_error_ratio: float
+    promote_without_traffic: bool
+
+
+# build(artifacts) -> a ServingModel, compiled and warm. Blocking: runs off the event loop.
+Build = Callable[[Artifacts], ServingModel]
+# tracker() -> a fresh realized-accuracy tracker shaped like the serving one (None: off).
+Tracker = Callable[[], RealizedAccuracy | None]
+# on_switch(previous, new): called on the event loop right after the serving version changed.
+OnSwitch = Callable[[ServingModel, ServingModel], None]
+
+
+class ModelLifecycle:
+    def __init__(
+        self,
+        serving: ServingModel,
+        settings: LifecycleSettings,
+        *,
+        build: Build,
+        tracker: Tracker,
+        on_switch: OnSwitch,
+        metrics: LifecycleMetrics | None = None,
+    ) -> None:
+        self.serving = serving
+        self.settings = settings
+        self._build = build
+        self._tracker = tracker
+        self._on_switch = on_switch
+        self._metrics = metrics
+        self._records: dict[str, VersionRecord] = {}
+        self._candidate: ServingModel | None = None
+        self._candidate_name: str | None = None
+        self._loading: asyncio.Task[None] | None = None
+        self._shadow: ShadowEvaluation | None = None
+        self._poller: asyncio.Task[None] | None = None
+        self._switching = asyncio.Lock()
+        self._loop = asyncio.get_running_loop()
+        self._closed = False
+
+    # ---- start and stop ----------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Record the versions on disk (none of them a candidate), then watch."""
+        self._records[self.serving.version] = _record_of(
+            self.serving.version, SERVING, self.serving.artifacts.manifest
+        )
+        if self.settings.base is None:
+            return
+        await self.scan(initial=True)
+        if self.settings.poll_seconds > 0:
+            self._poller = asyncio.create_task(self._poll(), name="version-watcher")
+
+    async def close(self) -> None:
+        """Stop watching and abandon any candidate."""
+        self._closed = True
+        for task in (self._poller, self._loading):
+            if task is not None:
+                task.cancel()
+        self._abandon_candidate()
+
+    async def _poll(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.poll_seconds)
+            try:
+                await self.scan()
+            except Exception:  # noqa: BLE001 - the watcher must never stop serving
+                log.exception("checking %s for new versions failed", self.settings.base)
+
+    # ---- the request path ----------------------------------------------------------------
+
+    def offer(
+        self,
+        model: ServingModel,
+        windows: np.ndarray,
+        series_ids: list[str] | None,
+        forecasts: np.ndarray,
+    ) -> None:
+        """Windows ``model`` answered: the shadow evaluation samples them (O(1))."""
+        shadow = self._shadow
+        if shadow is not None and model is self.serving:
+            shadow.offer(windows, series_ids, forecasts)
+
+    # ---- watching ------------------------------------------------------------------------
+
+    async def scan(self, *, initial: bool = False) -> None:
+        """Look at the base directory once: record what changed, start a new candidate."""
+        base = self.settings.base
+        if base is None or self._closed:
+            return
+        paths = await asyncio.to_thread(list_versions, base)
+        names = {p.name for p in paths}
+        for gone in [n for n, r in self._records.items() if n not in names and r.status != SERVING]:
+            del self._records[gone]
+        new: list[Path] = []
+        for path in paths:
+            signature = await asyncio.to_thread(_signature, path)
+            known = self._records.get(path.name)
+            if known is not None and (known.status != IGNORED or known.signature == signature):
+                continue
+            record = await asyncio.to_thread(self._examine, path, signature)
+            self._note(record, known)
+            if record.status == AVAILABLE and not initial:
+                new.append(path)
+        if new:
+            self._start_candidate(max(new, key=lambda p: p.name))
+
+    def _examine(self, path: Path, signature: tuple[int, ...]) -> VersionRecord:
+        """Verify a version directory without loading its model (off the loop)."""
+        try:
+            manifest = Manifest.load(path)
+        except ArtifactError as exc:
+            return VersionRecord(path.name, IGNORED, signature, reason=str(exc)).with_kind(
+                exc.reason
+            )
+        problem = _incompatibility(manifest, self.serving.artifacts.manifest)
+        if manifest.version != path.name:
+            record = _record_of(path.name, IGNORED, manifest, signature)
+            record.reason = (
+                f"{path}: its manifest names version {manifest.version!r}; a version is "
+                "published under its own name (python -m training.train, or training.faults)"
+            )
+            return record.with_kind("invalid")
+        if problem:
+            record = _record_of(path.name, IGNORED, manifest, signature)
+            record.reason = f"{path}: {problem}"
+            return record.with_kind("incompatible")
+        return _record_of(path.name, AVAILABLE, manifest, signature)
+
+    def _note(self, record: VersionRecord, previous: VersionRecord | None) -> None:
+        self._records[record.version] = record
+        if record.status != IGNORED:
+            return
+        kind = record.kind
+        if previous is not None and previous.status == IGNORED and previous.kind == kind:
+            return  # the same problem, still: logged and counted once
+        log.warning("ignoring version %s (%s): %s", record.version, kind, record.reason)
+        if self._metrics is not None:
+            self._metrics.ignored.labels(kind).inc()
+
+    # ---- the candidate -------------------------------------------------------------------
+
+    def _start_candidate(self, path: Path) -> None:
+        if self._candidate_name is not None:
+            log.info("version %s replaces candidate %s", path.name, self._candidate_name)
+            self._abandon_candidate()
+        self._candidate_name = path.name
+        self._records[path.name].status = CANDIDATE
+        if self._metrics is not None:
+            self._metrics.set_candidate(path.name)
+        self._loading = asyncio.create_task(self._load_candidate(path), name="candidate")
+
+    async def _load_candidate(self, path: Path) -> None:
+        name = path.name
+        log.info("candidate %s: loading and compiling in the background", name)
+        started = self._loop.time()
+        try:
+            model = await asyncio.to_thread(self._load, path)
+        except VersionUnusable as exc:
+            if self._candidate_name == name:
+                self._end_candidate()
+                record = self._records.get(name)
+                if record is not None:
+                    record.status, record.reason = IGNORED, str(exc)
+                    self._note(record.with_kind(exc.kind), None)
+            return
+        if self._candidate_name != name or self._closed:
+            return
+        log.info("candidate %s: warm in %.1fs", name, self._loop.time() - started)
+        self._candidate = model
+        if self.settings.promote_without_traffic:
+            await self._promote(model, "warm", "promoted once warm (--promote-without-traffic)")
+            return
+        tracker = self._tracker()
+        other = self._tracker() if tracker is not None else None
+        trackers = (tracker, other) if tracker is not None and other is not None else None
+        self._shadow = ShadowEvaluation(
+            lambda windows: _candidate_predict(model, windows),
+            monitor=model.monitor,
+            trackers=trackers,
+            windows=self.settings.shadow_windows,
+            max_error_ratio=self.settings.shadow_max_error_ratio,
+            on_verdict=lambda verdict: self._verdict_from_thread(model, verdict),
+            serving_collapsed=self._serving_collapsed,
+        )
+        self._shadow.start()
+        log.info(
+            "candidate %s: shadow evaluation on the next %d live windows (answers not returned)",
+            name,
+            self.settings.shadow_windows,
+        )
+
+    def _serving_collapsed(self) -> bool:
+        monitor = self.serving.monitor
+        return monitor is not None and monitor.collapse.collapsed
+
+    def _verdict_from_thread(self, model: ServingModel, verdict: Verdict) -> None:
+        self._loop.call_soon_threadsafe(self._on_verdict, model, verdict)
+
+    def _load(self, path: Path) -> ServingModel:
+        """Load, check and compile a version (off the loop)."""
+        try:
+            artifacts = load_artifacts(path)
+        except ArtifactError as exc:
+            raise VersionUnusable(str(exc), exc.reason) from None
+        problem = _incompatibility(artifacts.manifest, self.serving.artifacts.manifest)
+        if problem:
+            raise VersionUnusable(f"{path}: {problem}", "incompatible")
+        return self._build(artifacts)
+
+    def _on_verdict(self, model: ServingModel, verdict: Verdict) -> None:
+        if self._candidate is not model or self._closed:
+            return
+        if self._metrics is not None:
+            self._metrics.promotions.labels("promoted" if verdict.promote else "rejected").inc()
+        if verdict.promote:
+            task = asyncio.create_task(self._promote(model, "shadow", verdict.detail))
+            self._loading = task
+            return
+        if self._metrics is not None:
+            self._metrics.rejections.labels(verdict.reason).inc()
+        log.warning(
+            "candidate %s rejected (%s): %s; still serving %s",
+            model.version,
+            verdict.reason,
+            verdict.detail,
+            self.serving.version,
+        )
+        record = self._records.get(model.version)
+        self._end_candidate()
+        if record is not None:
+            record.status, record.reason = REJECTED, f"{verdict.reason}: {verdict.detail}"
+
+    async def _promote(self, model: ServingModel, trigger: str, detail: str) -> None:
+        async with self._switching:
+            if self._candidate is not model or self._closed:
+                return
+            self._end_candidate()
+            self._switch(model, trigger, detail)
+
+    def _end_candidate(self) -> None:
+        """No candidate any more (its record's status is the caller's to set)."""
+        if self._shadow is not None:
+            self._shadow.stop()
+        self._shadow = None
+        self._candidate = None
+        self._candidate_name = None
+        if self._metrics is not None:
+            self._metrics.set_candidate(None)
+
+    def _abandon_candidate(self) -> None:
+        name = self._candidate_name
+        self._end_candidate()
+        if name is not None and name in self._records:
+            self._records[name].status = AVAILABLE
+
+    # ---- switching -----------------------------------------------------------------------
+
+    def _switch(self, model: ServingModel, trigger: str, detail: str) -> None:
+        """Serve ``model`` from the next request on (one assignment: atomic on the loop)."""
+        previous = self.serving
+        self.serving = model
+        if previous.version in self._records:
+            self._records[previous.version].status = AVAILABLE
+        record = self._records.get(model.version)
+        if record is None:
+            record = _record_of(model.version, SERVING, model.artifacts.manifest)
+            self._records[model.version] = record
+        record.status, record.reason = SERVING, ""
+        if self._metrics is not None:
+            self._metrics.switches.labels(trigger).inc()
+        self._on_switch(previous, model)
+        log.info(
+            "now serving %s (was %s; %s): %s", model.version, previous.version, trigger, detail
+        )
+
+    async def set_serving_version(self, version: str) -> tuple[str, str]:
+        """Serve ``version`` now, without shadow evaluation. Returns (new, previous)."""
+        async with self._switching:
+            previous = self.serving.version
+            if version == previous:
+                return version, previous
+            base = self.settings.base
+            if base is None:
+                raise VersionUnusable(
+                    f"the server was started on one pinned version ({previous}); start it on "
+                    "the artifacts base directory to switch versions",
+                    "invalid",
+                )
+            path = base / version
+            if not version or Path(version).name != version or not path.is_dir():
+                raise VersionNotFound(f"no version {version!r} under {base}")
+            if self._candidate is not None and self._candidate.version == version:
+                model = self._candidate
+            else:
+                model = await asyncio.to_thread(self._load, path)
+            if self._candidate_name is not None:
+                self._abandon_candidate()
+            self._switch(model, "admin", "ModelAdmin.SetServingVersion")
+            return version, previous
+
+    # ---- the admin view ------------------------------------------------------------------
+
+    async def list_versions(self) -> list[VersionRecord]:
+        """Every version on disk, oldest first (a fresh look at the directory first)."""
+        await self.scan()
+        return [self._records[name] for name in sorted(self._records)]
+
+
+# -------------------------------------------------------------------------------------------
+
+
+def _record_of(
+    version: str, status: str, manifest: Manifest, signature: tuple[int, ...] = ()
+) -> VersionRecord:
+    test = manifest.metrics.get("test")
+    return VersionRecord(
+        version=version,
+        status=status,
+        signature=signature,
+        created_at=manifest.created_at,
+        test=None
+        if test is None
+        else pb.SplitMetrics(
+            mae=test.mae,
+            rmse=test.rmse,
+            persistence_mae=test.persistence_mae,
+            mean_forecast_mae=test.mean_mae,
+            std_ratio=test.std_ratio,
+            windows=test.n_windows,
+        ),
+    )
+
+
+def _incompatibility(manifest: Manifest, serving: Manifest) -> str:
+    """Why clients of ``serving`` could not send their windows to ``manifest`` ('' if they
+    could): the request contract is the features, in order, the window and the horizon."""
+    if list(manifest.feature_names) != list(serving.feature_names):
+        return (
+            f"features {list(manifest.feature_names)} differ from the serving version's "
+            f"{list(serving.feature_names)}"
+        )
+    if manifest.window != serving.window or manifest.horizon != serving.horizon:
+        return (
+            f"window {manifest.window} / horizon {manifest.horizon} differ from the serving "
+            f"version's {serving.window} / {serving.horizon}"
+        )
+    if manifest.target != serving.target:
+        return f"target {manifest.target!r} differs from the serving version's {serving.target!r}"
+    return ""
+
+
+def _signature(path: Path) -> tuple[int, ...]:
+    """Changes when a file in the directory is added, removed, resized or rewritten."""
+    try:
+        entries = sorted(path.iterdir())
+        parts = [path.stat().st_mtime_ns]
+        for entry in entries:
+            stat = entry.stat()
+            parts += [stat.st_size, stat.st_mtime_ns]
+        return tuple(parts)
+    except OSError:
+        return ()
+
+
+def _candidate_predict(
+    model: ServingModel, windows: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    result = model.forecaster.predict(windows)
+    return result.forecasts, result.raw_output, result.monitored

@@ -1,0 +1,246 @@
+"""Shadow evaluation: live windows, already answered by the serving version, also run through
+a candidate version whose answers are never returned.
+
+The event loop hands over what it answered with :meth:`ShadowEvaluation.offer`: one
+non-blocking put on a bounded queue; when the queue is full the windows are skipped (sampling
+under load). A thread of its own runs the candidate on them, and sleeps after each call so the
+candidate takes at most ``TIME_SHARE`` of one core: the cost stays bounded whatever the load.
+
+What decides the verdict, once ``windows`` windows have been run:
+
+- the candidate's outputs go through a collapse detector with the candidate's own calibration
+  (its manifest's ``monitoring`` section): if it is collapsed at any point, the candidate is
+  rejected (``collapsed``), unless the serving version's detector calls the same traffic
+  collapsed at that moment (degenerate traffic, not a broken candidate);
+- where windows carry a ``series_id``, the candidate's forecasts and the serving version's
+  forecasts of the same windows are scored alike as the series continue (the realized accuracy
+  of :mod:`monitoring.realized`, in two private trackers): with at least ``MIN_SCORED_VALUES``
+  values scored, a candidate whose mean absolute error exceeds ``max_error_ratio`` times the
+  serving version's is rejected (``worse_than_serving``);
+- a candidate that raises, or gives non-finite forecasts for windows the serving version
+  answered, is rejected (``failed``);
+- otherwise it is promoted.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from monitoring.monitor import PredictionMonitor
+from monitoring.realized import RealizedAccuracy
+from service.threads import SHADOW_THREAD, name_os_thread
+
+log = logging.getLogger(__name__)
+
+TIME_SHARE = 0.25
+"""The most of one core's time the candidate's shadow calls take."""
+QUEUED_OFFERS = 8
+"""Answered requests waiting for the candidate; beyond it, windows are skipped."""
+MAX_SHADOW_BATCH = 256
+"""The most windows in one shadow call of the candidate."""
+MIN_SCORED_VALUES = 100
+"""Realized values needed before realized error can reject a candidate."""
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """The result of a shadow evaluation."""
+
+    promote: bool
+    reason: str  # "healthy", or a rejection reason of monitoring.metrics.REJECTION_REASONS
+    detail: str  # one line for the log and ListVersions
+    windows: int  # windows the candidate ran
+    skipped: int  # windows offered but skipped (queue full)
+    scored: int  # realized values scored for both versions
+    candidate_mae: float  # realized MAE on those values (NaN when none)
+    serving_mae: float
+
+
+@dataclass(frozen=True)
+class _Offer:
+    windows: np.ndarray  # [n, window, features] raw, as answered
+    series_ids: list[str] | None
+    forecasts: np.ndarray  # [n, horizon] the serving version's
+
+
+class ShadowEvaluation:
+    """Runs ``predict`` (the candidate's) on offered windows until ``windows`` have run, then
+    calls ``on_verdict`` once, from its thread."""
+
+    def __init__(
+        self,
+        predict: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray, np.ndarray | None]],
+        *,
+        monitor: PredictionMonitor | None,
+        trackers: tuple[RealizedAccuracy, RealizedAccuracy] | None,
+        windows: int,
+        max_error_ratio: float,
+        on_verdict: Callable[[Verdict], None],
+        serving_collapsed: Callable[[], bool] = lambda: False,
+        name: str = "shadow",
+    ) -> None:
+        """``predict(raw_windows)`` returns ``(forecasts, raw_output, monitored_rows)``;
+        ``trackers``: fresh realized-accuracy trackers for the candidate and the serving
+        version (None: no realized comparison). ``serving_collapsed()``: whether the serving
+        version's own detector calls the same traffic collapsed (then the traffic, not the
+        candidate, is the likely cause, and collapse alone does not reject it)."""
+        self._serving_collapsed = serving_collapsed
+        self._predict = predict
+        self._monitor = monitor
+        self._trackers = trackers
+        self._needed = windows
+        self._max_ratio = max_error_ratio
+        self._on_verdict = on_verdict
+        self._queue: queue.Queue[_Offer | None] = queue.Queue(QUEUED_OFFERS)
+        self._stopped = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self.windows = 0
+        self.skipped = 0
+        self._collapsed = False
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def offer(
+        self, windows: np.ndarray, series_ids: list[str] | None, forecasts: np.ndarray
+    ) -> None:
+        """Windows the serving version answered (event loop; never waits)."""
+        try:
+            self._queue.put_nowait(_Offer(windows, series_ids, forecasts))
+        except queue.Full:
+            self.skipped += len(windows)
+
+    def stop(self) -> None:
+        """Abandon the evaluation: no verdict (idempotent; does not wait)."""
+        self._stopped.set()
+        try:
+            self._queue.put_nowait(None)
+        except queue.Full:
+            pass
+
+    def join(self, timeout: float | None = None) -> None:
+        self._thread.join(timeout)
+
+    def _run(self) -> None:
+        name_os_thread(SHADOW_THREAD)
+        try:
+            verdict = self._evaluate()
+        except Exception as exc:  # noqa: BLE001 - a failing candidate is rejected, not fatal
+            log.exception("shadow evaluation: the candidate failed")
+            verdict = self._verdict(False, "failed", f"the candidate failed: {exc}")
+        if verdict is not None and not self._stopped.is_set():
+            self._on_verdict(verdict)
+
+    def _evaluate(self) -> Verdict | None:
+        while self.windows < self._needed:
+            offers = self._take()
+            if offers is None:
+                return None
+            started = time.perf_counter()
+            failed = self._run_candidate(offers)
+            if failed is not None:
+                return failed
+            if self._collapsed:
+                return self._verdict(
+                    False,
+                    "collapsed",
+                    f"the collapse detector fired on its outputs after {self.windows} windows",
+                )
+            spent = time.perf_counter() - started
+            if self._stopped.wait(spent * (1.0 / TIME_SHARE - 1.0)):
+                return None
+        return self._final()
+
+    def _take(self) -> list[_Offer] | None:
+        """The next offers, up to MAX_SHADOW_BATCH windows (None: stopped)."""
+        first = self._queue.get()
+        if first is None or self._stopped.is_set():
+            return None
+        offers, size = [first], len(first.windows)
+        while size < MAX_SHADOW_BATCH:
+            try:
+                offer = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if offer is None:
+                return None
+            offers.append(offer)
+            size += len(offer.windows)
+        return offers
+
+    def _run_candidate(self, offers: list[_Offer]) -> Verdict | None:
+        windows = np.concatenate([o.windows for o in offers])
+        serving = np.concatenate([o.forecasts for o in offers])
+        forecasts, raw_output, monitored = self._predict(windows)
+        self.windows += len(windows)
+        with np.errstate(over="ignore"):
+            finite = np.isfinite(forecasts.astype(np.float32)).all(axis=1)
+        if not finite.all():
+            return self._verdict(
+                False,
+                "failed",
+                f"{int((~finite).sum())} of {len(windows)} windows got non-finite forecasts "
+                "that the serving version answered",
+            )
+        if self._monitor is not None:
+            rows = monitored if monitored is not None else windows[:, -1, :]
+            self._monitor.observe(rows, raw_output, forecasts)
+            self._monitor.flush()
+            self._collapsed |= self._monitor.collapse.collapsed and not self._serving_collapsed()
+        if self._trackers is not None:
+            candidate, serving_tracker = self._trackers
+            for tracker, answers in ((candidate, forecasts), (serving_tracker, serving)):
+                offset = 0
+                for offer in offers:
+                    n = len(offer.windows)
+                    if offer.series_ids is not None:
+                        part = answers[offset : offset + n]
+                        tracker.submit(offer.series_ids, offer.windows, part)
+                    offset += n
+                tracker.flush()
+        return None
+
+    def _final(self) -> Verdict:
+        scored, cand_mae, serve_mae = self._realized()
+        if scored >= MIN_SCORED_VALUES and cand_mae > self._max_ratio * serve_mae:
+            return self._verdict(
+                False,
+                "worse_than_serving",
+                f"realized MAE {cand_mae:.4g} is {cand_mae / serve_mae:.3g}x the serving "
+                f"version's {serve_mae:.4g} on the same {scored} values "
+                f"(limit {self._max_ratio:g}x)",
+            )
+        realized = (
+            f"realized MAE {cand_mae:.4g} vs {serve_mae:.4g} on {scored} values"
+            if scored
+            else "no realized values (no series_id on the shadowed windows)"
+        )
+        return self._verdict(True, "healthy", f"not collapsed; {realized}")
+
+    def _realized(self) -> tuple[int, float, float]:
+        if self._trackers is None:
+            return 0, float("nan"), float("nan")
+        cand, serve = (tracker.totals() for tracker in self._trackers)
+        if cand.values == 0:
+            return 0, float("nan"), float("nan")
+        return cand.values, cand.abs_error / cand.values, serve.abs_error / max(serve.values, 1)
+
+    def _verdict(self, promote: bool, reason: str, detail: str) -> Verdict:
+        scored, cand_mae, serve_mae = self._realized()
+        return Verdict(
+            promote=promote,
+            reason=reason,
+            detail=f"{detail} ({self.windows} windows run, {self.skipped} skipped)",
+            windows=self.windows,
+            skipped=self.skipped,
+            scored=scored,
+            candidate_mae=cand_mae,
+            serving_mae=serve_mae,
+        )
