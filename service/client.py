@@ -6,6 +6,19 @@
     python -m service.client forecast --json windows.json   # [[...], ...] or {"windows": ...}
     python -m service.client forecast --csv data.csv --levels 80,95 --series-id S
 
+Model versions (the ``forecast.v1.ModelAdmin`` service; admin calls send ``--admin-token``
+[FORECAST_ADMIN_TOKEN], else ``--token``)::
+
+    python -m service.client versions                  # every version on disk, serving one *
+    python -m service.client use 20261124T101530.123456Z   # serve it now: the rollback
+
+``use`` loads, compiles and warms the version up before it answers (a few seconds; it waits up
+to the larger of --timeout and 120 s), then every request that arrives after it is answered by
+that version. There is no shadow evaluation: the operator decides.
+
+Exit codes: 0 done; 1 the server refused or failed the call (one line on stderr: status and
+message), or ``health`` not SERVING; 2 bad flags or input files (one line on stderr).
+
 As a library::
 
     from service.client import ForecastClient
@@ -13,6 +26,9 @@ As a library::
         info = client.info()
         forecasts = client.forecast(windows)   # numpy [n, window, features] -> [n, horizon]
         response = client.forecast_response(windows, levels=(80, 95))  # with intervals
+    with ForecastClient("localhost:50051", admin_token="...") as client:
+        listed = client.versions()             # ListVersionsResponse
+        switched = client.use(listed.versions[0].version)  # SetServingVersionResponse
 """
 
 from __future__ import annotations
@@ -21,6 +37,7 @@ import argparse
 import csv
 import json
 import os
+import shlex
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -34,6 +51,12 @@ from service.api import SERVICE_NAME, pb, pb_grpc
 from training.cli import Parser
 
 PROG = "python -m service.client"
+DEFAULT_TARGET = "localhost:50051"
+# SetServingVersion answers once the version is loaded, compiled and warm: it gets at least this
+# long, whatever the (forecast-sized) per-call timeout.
+SWITCH_TIMEOUT_S = 120.0
+# ModelVersion.status values (service.lifecycle).
+AVAILABLE, IGNORED = "available", "ignored"
 
 
 def channel_credentials(
@@ -97,9 +120,12 @@ class ForecastClient:
         *,
         credentials: grpc.ChannelCredentials | None = None,
         token: str | None = None,
+        admin_token: str | None = None,
         timeout: float = 10.0,
         server_name: str | None = None,
     ):
+        """``token`` is sent with the forecast RPCs, ``admin_token`` (default: ``token``) with
+        the ModelAdmin ones; ``timeout`` is the per-call deadline in seconds."""
         options = [("grpc.ssl_target_name_override", server_name)] if server_name else []
         self._channel = (
             grpc.secure_channel(target, credentials, options=options)
@@ -108,8 +134,10 @@ class ForecastClient:
         )
         # The generated stub is untyped; its methods return the messages annotated below.
         self._stub = pb_grpc.ForecastServiceStub(self._channel)  # type: ignore[no-untyped-call]
+        self._admin = pb_grpc.ModelAdminStub(self._channel)  # type: ignore[no-untyped-call]
         self._health = health_pb2_grpc.HealthStub(self._channel)
-        self._metadata = (("authorization", f"Bearer {token}"),) if token else ()
+        self._metadata = _bearer(token)
+        self._admin_metadata = _bearer(admin_token or token)
         self._timeout = timeout
 
     def __enter__(self) -> ForecastClient:
@@ -147,6 +175,31 @@ class ForecastClient:
         status: str = health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
         return status
 
+    def versions(self) -> pb.ListVersionsResponse:
+        """Every version under the server's artifacts directory, oldest first, with its status
+        (ModelAdmin.ListVersions)."""
+        response: pb.ListVersionsResponse = self._admin.ListVersions(
+            pb.ListVersionsRequest(), metadata=self._admin_metadata, timeout=self._timeout
+        )
+        return response
+
+    def use(self, version: str, *, timeout: float | None = None) -> pb.SetServingVersionResponse:
+        """Serve ``version`` from the next request on, without shadow evaluation
+        (ModelAdmin.SetServingVersion). Returns once it is loaded, compiled and serving; waits
+        up to ``timeout`` seconds (default: the larger of the client's timeout and
+        :data:`SWITCH_TIMEOUT_S`). NOT_FOUND: no such version; FAILED_PRECONDITION: it cannot
+        be served, or the server runs one pinned version."""
+        response: pb.SetServingVersionResponse = self._admin.SetServingVersion(
+            pb.SetServingVersionRequest(version=version),
+            metadata=self._admin_metadata,
+            timeout=max(self._timeout, SWITCH_TIMEOUT_S) if timeout is None else timeout,
+        )
+        return response
+
+
+def _bearer(token: str | None) -> tuple[tuple[str, str], ...]:
+    return (("authorization", f"Bearer {token}"),) if token else ()
+
 
 def windows_from_csv(path: Path, info: pb.ModelInfo) -> np.ndarray:
     """The last ``window`` rows of the model's feature columns, as one window."""
@@ -179,18 +232,170 @@ def windows_from_json(path: Path, info: pb.ModelInfo) -> np.ndarray:
     return array.reshape(-1, info.window, len(info.feature_names))
 
 
+def _number(value: float) -> str:
+    return f"{value:.4g}"
+
+
+def format_versions(response: pb.ListVersionsResponse, again: str = PROG) -> str:
+    """The ``versions`` table: one row per version, oldest first, the serving one marked ``*``,
+    then the next step. ``again`` is the command line that reaches this server (its hints)."""
+    serving = response.serving_version
+    header = ("", "VERSION", "STATUS", "CREATED", "TEST MAE", "VS PERSISTENCE", "REASON")
+    rows = [header]
+    for v in response.versions:
+        mae = ratio = "-"
+        if v.HasField("test"):
+            mae = _number(v.test.mae)
+            if v.test.persistence_mae > 0:
+                ratio = f"{v.test.mae / v.test.persistence_mae:.2f}x"
+        rows.append(
+            (
+                "*" if v.version == serving else "",
+                v.version,
+                v.status,
+                v.created_at or "-",
+                mae,
+                ratio,
+                v.reason,
+            )
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header) - 1)]
+    right = {4, 5}  # numbers
+    lines = [
+        "  ".join(
+            [
+                *(
+                    cell.rjust(width) if i in right else cell.ljust(width)
+                    for i, (cell, width) in enumerate(zip(row[:-1], widths, strict=True))
+                ),
+                row[-1],
+            ]
+        ).rstrip()
+        for row in rows
+    ]
+    where = (
+        f"versions under {response.artifacts} (* serving; VS PERSISTENCE: test MAE / "
+        "persistence MAE, below 1x beats it):"
+        if response.artifacts
+        else "the server runs one pinned version (* serving):"
+    )
+    return "\n".join([where, *lines, _versions_hint(response, again)])
+
+
+def _versions_hint(response: pb.ListVersionsResponse, again: str) -> str:
+    serving = response.serving_version
+    if not response.artifacts:
+        return (
+            f"{serving} is pinned: start the server on the artifacts base directory instead of "
+            "a version directory to switch versions"
+        )
+    usable = [v for v in response.versions if v.version != serving and v.status != IGNORED]
+    older = [v for v in usable if v.version < serving]
+    if older:
+        pick = next((v for v in reversed(older) if v.status == AVAILABLE), older[-1])
+        return f"roll back with: {again} use {pick.version}"
+    if usable:
+        return f"switch with: {again} use {usable[-1].version}"
+    return f"nothing to switch to: {serving} is the only usable version under {response.artifacts}"
+
+
+def format_switch(response: pb.SetServingVersionResponse, again: str = PROG) -> str:
+    """What ``use`` prints: the switch, then how to check it and how to undo it."""
+    new, previous = response.model_version, response.previous_version
+    if new == previous:
+        return f"already serving {new}; nothing changed\ncheck with: {again} info"
+    return (
+        f"now serving {new} (was {previous})\n"
+        f"check with: {again} info (model_version: {new})\n"
+        f"undo with: {again} use {previous}"
+    )
+
+
+def _again(args: argparse.Namespace, default_target: str) -> str:
+    """``PROG`` with the connection options of this invocation, for printed hints; never a
+    token (those come from the environment or are typed again)."""
+    options: list[str] = []
+    if args.target != default_target:
+        options += ["--target", args.target]
+    if args.tls and not (args.ca or args.cert):
+        options.append("--tls")
+    for flag, value in (
+        ("--ca", args.ca),
+        ("--cert", args.cert),
+        ("--key", args.key),
+        ("--server-name", args.server_name),
+    ):
+        if value:
+            options += [flag, str(value)]
+    return " ".join([PROG, *map(shlex.quote, options)])
+
+
+ADMIN_COMMANDS = ("versions", "use")
+SECRET_OPTIONS = ("token", "admin_token")
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Defaults shown (but never a token's, which may come from the environment); epilogs kept
+    as written."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.dest in SECRET_OPTIONS:
+            return action.help
+        return super()._get_help_string(action)
+
+
+EPILOG = """\
+examples:
+  python -m service.client info
+  python -m service.client forecast --csv recent.csv --levels 80,95
+  python -m service.client versions        # the versions on disk, the serving one marked *
+  python -m service.client use VERSION     # serve VERSION now (rollback; load + compile)
+
+exit codes: 0 done; 1 the server refused or failed the call (one line: status and message),
+or health not SERVING; 2 bad flags or input files (one line)
+"""
+
+VERSIONS_EPILOG = """\
+statuses: serving; candidate (a new version under shadow evaluation); rejected (it failed the
+evaluation: the reason says why; `use` can still serve it); available (valid, not serving);
+ignored (cannot be served: the reason says why).
+TEST MAE is the version's error on its test split at training, in target units;
+VS PERSISTENCE divides it by the persistence forecast's (below 1x: better than repeating the
+last value). The last line says what to run next.
+"""
+
+USE_EPILOG = """\
+The server loads, verifies, compiles and warms the version up before it answers, which takes
+a few seconds (the call waits up to the larger of --timeout and 120 s); forecasts are answered
+by the old version meanwhile and by the new one from the next request after the answer. There
+is no shadow evaluation: this is the operator's rollback (or roll-forward). A candidate under
+evaluation is abandoned. Errors: NOT_FOUND (no such version: see `versions`),
+FAILED_PRECONDITION (it cannot be served, or the server runs one pinned version).
+
+example:
+  python -m service.client use 20261124T101530.123456Z
+  python -m service.client info     # model_version: 20261124T101530.123456Z
+"""
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(
         prog=PROG,
-        description="Call the forecast service: model info, health, or forecasts.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        description="Call the forecast service: model info, health, forecasts, model versions.",
+        epilog=EPILOG,
+        formatter_class=_HelpFormatter,
     )
     parser.add_argument(
         "--target",
-        default=os.environ.get("FORECAST_TARGET", "localhost:50051"),
+        default=os.environ.get("FORECAST_TARGET", DEFAULT_TARGET),
         help="server address host:port [FORECAST_TARGET]",
     )
-    parser.add_argument("--timeout", type=float, default=10.0, help="per-call deadline, seconds")
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=10.0,
+        help=f"per-call deadline, seconds (use: at least {SWITCH_TIMEOUT_S:g})",
+    )
     parser.add_argument("--tls", action="store_true", help="use TLS (system roots unless --ca)")
     parser.add_argument("--ca", type=Path, help="PEM CA bundle that signed the server cert")
     parser.add_argument("--cert", type=Path, help="PEM client certificate (mTLS)")
@@ -200,6 +405,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--token",
         default=os.environ.get("FORECAST_AUTH_TOKEN"),
         help="bearer token [FORECAST_AUTH_TOKEN]",
+    )
+    parser.add_argument(
+        "--admin-token",
+        default=os.environ.get("FORECAST_ADMIN_TOKEN"),
+        help="bearer token for the admin commands, versions and use (the server's "
+        "--admin-token, else its --auth-token) [FORECAST_ADMIN_TOKEN]; default: --token",
     )
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("info", help="print model version, features, window, horizon, metrics")
@@ -222,11 +433,32 @@ def build_parser() -> argparse.ArgumentParser:
         help="the series the windows belong to (Window.series_id), for realized-accuracy "
         "tracking; at most 256 bytes",
     )
+    sub.add_parser(
+        "versions",
+        help="list the model versions on the server, the serving one marked *, and what to "
+        "run next",
+        description="List every version under the server's artifacts directory, oldest first:\n"
+        "status, training time, test MAE and its ratio to persistence's, and why a version\n"
+        "was rejected or ignored (ModelAdmin.ListVersions).",
+        epilog=VERSIONS_EPILOG,
+        formatter_class=_HelpFormatter,
+    )
+    u = sub.add_parser(
+        "use",
+        help="serve VERSION now, without shadow evaluation (rollback); takes a few seconds",
+        description="Switch the server to VERSION (ModelAdmin.SetServingVersion) and print the\n"
+        "version it replaced.",
+        epilog=USE_EPILOG,
+        formatter_class=_HelpFormatter,
+    )
+    u.add_argument("version", metavar="VERSION", help="a version name, as `versions` lists it")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    again = _again(args, parser.get_default("target"))
     credentials = None
     if args.tls or args.ca or args.cert:
         try:
@@ -238,10 +470,17 @@ def main(argv: list[str] | None = None) -> int:
         args.target,
         credentials=credentials,
         token=args.token,
+        admin_token=args.admin_token,
         timeout=args.timeout,
         server_name=args.server_name,
     )
     try:
+        if args.command == "versions":
+            print(format_versions(client.versions(), again))
+            return 0
+        if args.command == "use":
+            print(format_switch(client.use(args.version), again))
+            return 0
         if args.command == "health":
             status = client.health(args.service)
             print(status)
@@ -269,13 +508,33 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(body))
         return 0
     except grpc.RpcError as exc:
-        print(f"{PROG}: error: {exc.code().name}: {exc.details()}", file=sys.stderr)
+        hint = _error_hint(args.command, exc.code(), again)
+        print(f"{PROG}: error: {exc.code().name}: {exc.details()}{hint}", file=sys.stderr)
         return 1
     except (ValueError, OSError) as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 2
     finally:
         client.close()
+
+
+def _error_hint(command: str, code: grpc.StatusCode, again: str) -> str:
+    """What to change after an admin call failed ('' when the message says it all)."""
+    if command not in ADMIN_COMMANDS:
+        return ""
+    if code == grpc.StatusCode.UNAUTHENTICATED:
+        return (
+            " (admin calls send --admin-token [FORECAST_ADMIN_TOKEN], else --token: the "
+            "server's --admin-token, else its --auth-token)"
+        )
+    if code == grpc.StatusCode.NOT_FOUND:
+        return f" (list them with: {again} versions)"
+    if code == grpc.StatusCode.DEADLINE_EXCEEDED and command == "use":
+        return (
+            " (loading and compiling took longer: allow more with --timeout, then check with: "
+            f"{again} versions)"
+        )
+    return ""
 
 
 if __name__ == "__main__":

@@ -86,16 +86,21 @@ class Forecaster:
             "point forecasts only: ask without levels, or serve a version trained with one"
         )
 
-    def warm_up(self, stop: threading.Event | None = None) -> float:
+    def warm_up(self, stop: threading.Event | None = None, *, duty: float = 1.0) -> float:
         """Compile every bucket once (stopping early when ``stop`` is set, e.g. by SIGTERM).
-        Returns the seconds it took."""
+        With ``duty`` below 1, pause after each bucket so that compiling takes about that
+        share of the thread's time (a candidate compiling beside live traffic). Returns the
+        seconds it took."""
         started = time.perf_counter()
         for size in self.buckets:
             if stop is not None and stop.is_set():
                 log.info("warm-up interrupted")
                 break
+            bucket_started = time.perf_counter()
             shape = (size, self.transform.steps, self.transform.channels)
             self._call(np.zeros(shape, np.float32)).numpy()
+            if duty < 1.0:
+                time.sleep((time.perf_counter() - bucket_started) * (1.0 / duty - 1.0))
         seconds = time.perf_counter() - started
         log.info("warmed up %d batch buckets %s in %.1fs", len(self.buckets), self.buckets, seconds)
         return seconds

@@ -29,6 +29,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,6 +44,7 @@ from service.api import pb
 from service.errors import VersionNotFound, VersionUnusable
 from service.forecaster import Forecaster
 from service.shadow import ShadowEvaluation, Verdict
+from service.threads import LOADER_THREAD, name_os_thread
 from training.artifacts import ArtifactError, Artifacts, list_versions, load_artifacts
 from training.manifest import Manifest
 
@@ -257,7 +260,7 @@ class ModelLifecycle:
         log.info("candidate %s: loading and compiling in the background", name)
         started = self._loop.time()
         try:
-            model = await asyncio.to_thread(self._load, path)
+            model = await _in_background_thread(self._load, path)
         except VersionUnusable as exc:
             if self._candidate_name == name:
                 self._end_candidate()
@@ -276,6 +279,7 @@ class ModelLifecycle:
         tracker = self._tracker()
         other = self._tracker() if tracker is not None else None
         trackers = (tracker, other) if tracker is not None and other is not None else None
+        serving = self.serving
         self._shadow = ShadowEvaluation(
             lambda windows: _candidate_predict(model, windows),
             monitor=model.monitor,
@@ -283,7 +287,8 @@ class ModelLifecycle:
             windows=self.settings.shadow_windows,
             max_error_ratio=self.settings.shadow_max_error_ratio,
             on_verdict=lambda verdict: self._verdict_from_thread(model, verdict),
-            serving_collapsed=self._serving_collapsed,
+            reference=lambda windows: _candidate_predict(serving, windows),
+            reference_monitor=self._fresh_monitor(serving),
         )
         self._shadow.start()
         log.info(
@@ -292,9 +297,10 @@ class ModelLifecycle:
             self.settings.shadow_windows,
         )
 
-    def _serving_collapsed(self) -> bool:
-        monitor = self.serving.monitor
-        return monitor is not None and monitor.collapse.collapsed
+    def _fresh_monitor(self, model: ServingModel) -> PredictionMonitor | None:
+        """Detectors with ``model``'s calibration that no traffic has touched yet."""
+        spec = model.artifacts.manifest.monitor_spec()
+        return None if spec is None or model.monitor is None else PredictionMonitor(spec)
 
     def _verdict_from_thread(self, model: ServingModel, verdict: Verdict) -> None:
         self._loop.call_soon_threadsafe(self._on_verdict, model, verdict)
@@ -463,6 +469,38 @@ def _signature(path: Path) -> tuple[int, ...]:
         return tuple(parts)
     except OSError:
         return ()
+
+
+LOADER_NICENESS = 10
+"""The loading thread's nice increment: compiling a candidate yields the cores to serving."""
+
+
+async def _in_background_thread(load: Callable[[Path], ServingModel], path: Path) -> ServingModel:
+    """``load(path)`` on a thread of its own at a lower CPU priority (Linux: a thread's nice
+    value is its own), so that loading and compiling a candidate disturbs live traffic less."""
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[ServingModel] = loop.create_future()
+
+    def settle(outcome: Callable[[], None]) -> None:
+        if not done.done():
+            outcome()
+
+    def run() -> None:
+        name_os_thread(LOADER_THREAD)
+        try:
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), LOADER_NICENESS)
+        except (OSError, AttributeError):  # not Linux, or not permitted: normal priority
+            pass
+        try:
+            model = load(path)
+        except BaseException as exc:  # noqa: BLE001 - handed to the awaiting task
+            error = exc
+            loop.call_soon_threadsafe(settle, lambda: done.set_exception(error))
+            return
+        loop.call_soon_threadsafe(settle, lambda: done.set_result(model))
+
+    threading.Thread(target=run, name="candidate-loader", daemon=True).start()
+    return await done
 
 
 def _candidate_predict(

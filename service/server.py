@@ -50,6 +50,8 @@ from training.manifest import MANIFEST_FILE
 log = logging.getLogger(__name__)
 
 HEALTH_SERVICES = ("", SERVICE_NAME)
+CANDIDATE_COMPILE_DUTY = 0.5
+"""The share of its thread's time a candidate's compilation takes (it pauses in between)."""
 
 
 class ServingHealth:
@@ -293,9 +295,10 @@ class _ModelFactory:
         return model
 
     def build_warm(self, artifacts: Artifacts) -> ServingModel:
-        """Build and compile every batch bucket (a candidate, off the event loop)."""
+        """Build and compile every batch bucket (a candidate, off the event loop), at
+        ``CANDIDATE_COMPILE_DUTY`` of the thread's time so live traffic keeps the cores."""
         model = self.build(artifacts)
-        model.forecaster.warm_up()
+        model.forecaster.warm_up(duty=CANDIDATE_COMPILE_DUTY)
         return model
 
 

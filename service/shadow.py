@@ -10,8 +10,9 @@ What decides the verdict, once ``windows`` windows have been run:
 
 - the candidate's outputs go through a collapse detector with the candidate's own calibration
   (its manifest's ``monitoring`` section): if it is collapsed at any point, the candidate is
-  rejected (``collapsed``), unless the serving version's detector calls the same traffic
-  collapsed at that moment (degenerate traffic, not a broken candidate);
+  rejected (``collapsed``), unless the serving version, run on the same windows through fresh
+  detectors of its own calibration, looks alike (traffic of little variety, not a broken
+  candidate: :data:`RELATIVE_COLLAPSE`);
 - where windows carry a ``series_id``, the candidate's forecasts and the serving version's
   forecasts of the same windows are scored alike as the series continue (the realized accuracy
   of :mod:`monitoring.realized`, in two private trackers): with at least ``MIN_SCORED_VALUES``
@@ -47,6 +48,14 @@ MAX_SHADOW_BATCH = 256
 """The most windows in one shadow call of the candidate."""
 MIN_SCORED_VALUES = 100
 """Realized values needed before realized error can reject a candidate."""
+RELATIVE_COLLAPSE = 0.5
+"""A candidate whose detector fires is collapsed only if the serving version's detector, fed
+the same windows, does not fire and the candidate's responsiveness is below this share of the
+serving version's. Traffic of little variety (a few series, slowly walking) lowers both
+versions' responsiveness alike; a collapsed model's falls to near zero on its own."""
+
+# (forecasts [n, horizon] target units, raw outputs [n, horizon], monitored rows [n, F] or None)
+Outputs = tuple[np.ndarray, np.ndarray, np.ndarray | None]
 
 
 @dataclass(frozen=True)
@@ -76,22 +85,25 @@ class ShadowEvaluation:
 
     def __init__(
         self,
-        predict: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray, np.ndarray | None]],
+        predict: Callable[[np.ndarray], Outputs],
         *,
         monitor: PredictionMonitor | None,
         trackers: tuple[RealizedAccuracy, RealizedAccuracy] | None,
         windows: int,
         max_error_ratio: float,
         on_verdict: Callable[[Verdict], None],
-        serving_collapsed: Callable[[], bool] = lambda: False,
+        reference: Callable[[np.ndarray], Outputs] | None = None,
+        reference_monitor: PredictionMonitor | None = None,
         name: str = "shadow",
     ) -> None:
         """``predict(raw_windows)`` returns ``(forecasts, raw_output, monitored_rows)``;
         ``trackers``: fresh realized-accuracy trackers for the candidate and the serving
-        version (None: no realized comparison). ``serving_collapsed()``: whether the serving
-        version's own detector calls the same traffic collapsed (then the traffic, not the
-        candidate, is the likely cause, and collapse alone does not reject it)."""
-        self._serving_collapsed = serving_collapsed
+        version (None: no realized comparison). ``reference`` (the serving version's predict)
+        and ``reference_monitor`` (fresh detectors with the serving version's calibration) see
+        the same shadowed windows: a candidate counts as collapsed only where the serving
+        version, on that same traffic, does not look alike (see :data:`RELATIVE_COLLAPSE`)."""
+        self._reference = reference
+        self._reference_monitor = reference_monitor
         self._predict = predict
         self._monitor = monitor
         self._trackers = trackers
@@ -179,6 +191,8 @@ class ShadowEvaluation:
         windows = np.concatenate([o.windows for o in offers])
         serving = np.concatenate([o.forecasts for o in offers])
         forecasts, raw_output, monitored = self._predict(windows)
+        if self._reference is not None and self._reference_monitor is not None:
+            _observe(self._reference_monitor, windows, self._reference(windows))
         self.windows += len(windows)
         with np.errstate(over="ignore"):
             finite = np.isfinite(forecasts.astype(np.float32)).all(axis=1)
@@ -190,10 +204,8 @@ class ShadowEvaluation:
                 "that the serving version answered",
             )
         if self._monitor is not None:
-            rows = monitored if monitored is not None else windows[:, -1, :]
-            self._monitor.observe(rows, raw_output, forecasts)
-            self._monitor.flush()
-            self._collapsed |= self._monitor.collapse.collapsed and not self._serving_collapsed()
+            _observe(self._monitor, windows, (forecasts, raw_output, monitored))
+            self._collapsed |= self._monitor.collapse.collapsed and not self._alike_on_reference()
         if self._trackers is not None:
             candidate, serving_tracker = self._trackers
             for tracker, answers in ((candidate, forecasts), (serving_tracker, serving)):
@@ -206,6 +218,16 @@ class ShadowEvaluation:
                     offset += n
                 tracker.flush()
         return None
+
+    def _alike_on_reference(self) -> bool:
+        """Whether the serving version, on the windows seen so far, looks as collapsed."""
+        if self._reference is None or self._reference_monitor is None or self._monitor is None:
+            return False
+        reference = self._reference_monitor
+        return reference.collapse.collapsed or (
+            self._monitor.collapse.responsiveness
+            >= RELATIVE_COLLAPSE * reference.collapse.responsiveness
+        )
 
     def _final(self) -> Verdict:
         scored, cand_mae, serve_mae = self._realized()
@@ -244,3 +266,10 @@ class ShadowEvaluation:
             candidate_mae=cand_mae,
             serving_mae=serve_mae,
         )
+
+
+def _observe(monitor: PredictionMonitor, windows: np.ndarray, outputs: Outputs) -> None:
+    forecasts, raw_output, monitored = outputs
+    rows = monitored if monitored is not None else windows[:, -1, :]
+    monitor.observe(rows, raw_output, forecasts)
+    monitor.flush()

@@ -13,6 +13,7 @@ import ctypes
 MODEL_THREAD = "fc-model"
 MONITOR_THREAD = "fc-monitor"
 SHADOW_THREAD = "fc-shadow"
+LOADER_THREAD = "fc-loader"
 _PR_SET_NAME = 15
 
 

@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
-from monitoring.metrics import RealizedAccuracyMetrics, ServingMetrics
+from monitoring.metrics import LifecycleMetrics, RealizedAccuracyMetrics, ServingMetrics
 from monitoring.monitor import PredictionMonitor
 from monitoring.realized import RealizedAccuracy
 from monitoring.reference import MonitorSpec
@@ -74,6 +74,7 @@ def service_registry(manifest: Manifest) -> CollectorRegistry:
         levels=PRESET_LEVELS,
     )
     RealizedAccuracyMetrics(registry, realized.totals)
+    LifecycleMetrics(registry)
     return registry
 
 
@@ -446,6 +447,9 @@ def test_required_alerts_exist_with_their_durations_and_severities(alert_rules: 
         "ForecastServiceDown": ("critical", 120),
         "ForecastWorseThanPersistence": ("warning", 300),
         "ForecastIntervalUndercoverage": ("warning", 600),
+        # One-off events: they fire on the evaluation after the counter moved.
+        "ForecastCandidateRejected": ("warning", 0),
+        "ForecastModelVersionIgnored": ("warning", 0),
     }
     for name, (severity, duration) in expected.items():
         assert name in alert_rules, f"missing alert {name}"
@@ -477,6 +481,53 @@ def test_realized_accuracy_alerts_pool_the_job_over_their_windows_with_a_guard(
     under = alert_rules["ForecastIntervalUndercoverage"]["query"]
     assert "forecast_interval_nominal_coverage_ratio) - 0.1" in under
     assert "job:forecast_interval_scored:increase1h >= 500" in under
+
+
+def test_lifecycle_alerts_count_recent_events_over_the_job(alert_rules: dict):
+    """A rejected candidate and an ignored version are counted once per instance: the alerts sum
+    the increase over the job (one alert for the fleet) in a window that lets them resolve by
+    themselves. A copy in progress (ignored as incomplete until it is complete) is no alarm."""
+    rejected = alert_rules["ForecastCandidateRejected"]["query"]
+    assert rejected == (
+        'sum by (job) (increase(forecast_model_promotions_total{result="rejected"}[15m])) > 0'
+    )
+    ignored = alert_rules["ForecastModelVersionIgnored"]["query"]
+    assert ignored == (
+        "sum by (job) "
+        '(increase(forecast_model_versions_ignored_total{reason!="incomplete"}[15m])) > 0'
+    )
+
+
+def test_lifecycle_runbooks_say_how_to_see_why_and_how_to_roll_back(alert_rules: dict):
+    rejected = alert_rules["ForecastCandidateRejected"]["annotations"]["runbook"]
+    for phrase in (
+        "collapsed",
+        "worse_than_serving",
+        "Serving continues on the previous version",
+        "python -m service.client versions",
+        '"candidate <version> rejected',
+        "forecast_model_rejections_total",
+        "publish the result under a new name",
+        "python -m service.client use <version>",
+    ):
+        assert phrase in rejected, f"ForecastCandidateRejected runbook lacks {phrase!r}"
+    ignored = alert_rules["ForecastModelVersionIgnored"]["annotations"]["runbook"]
+    for phrase in ("checksum", "incompatible", "invalid", "python -m service.client versions"):
+        assert phrase in ignored, f"ForecastModelVersionIgnored runbook lacks {phrase!r}"
+
+
+def test_runbooks_roll_back_a_model_version_without_a_restart(alert_rules: dict):
+    """Where a bad version is the remedy's target, the runbook names the admin switch (every
+    replica switches on its own, at once) rather than a redeployment."""
+    for name in (
+        "ForecastOutputCollapsed",
+        "ForecastFleetPredictionVarianceLow",
+        "ForecastWorseThanPersistence",
+        "ForecastHighErrorRate",
+        "ForecastHighLatency",
+    ):
+        runbook = alert_rules[name]["annotations"]["runbook"]
+        assert "python -m service.client use" in runbook, f"{name}: no rollback command"
 
 
 def test_every_alert_has_severity_summary_description_and_runbook(alert_rules: dict):

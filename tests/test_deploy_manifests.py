@@ -342,10 +342,21 @@ def test_hpa_and_pdb_target_the_deployment(base, deployment):
     assert _matches(pdb["spec"]["selector"]["matchLabels"], pod_labels)
 
 
+def test_admin_token_comes_from_an_optional_secret(server):
+    """The ModelAdmin token (switching the serving version) is never a literal in the manifest,
+    and a cluster without the Secret still starts (the admin RPCs then take the auth token)."""
+    env = {e["name"]: e for e in server["env"]}
+    ref = env["FORECAST_ADMIN_TOKEN"]["valueFrom"]["secretKeyRef"]
+    assert ref == {"name": "forecast-auth", "key": "admin-token", "optional": True}
+    for name, entry in env.items():
+        if name.endswith("_TOKEN"):
+            assert "value" not in entry, f"{name} is a literal in the manifest"
+
+
 def test_jobs_use_the_image_the_deployment_is_rendered_with():
     rendered = _one(_kustomize(K8S / "base"), "Deployment", "forecast")
     image = rendered["spec"]["template"]["spec"]["containers"][0]["image"]
-    for job_file in ("train.yaml", "train-multiworker.yaml"):
+    for job_file in ("train.yaml", "train-multiworker.yaml", "withdraw-version.yaml"):
         job = _one(_load_all(K8S / "jobs" / job_file), "Job")
         assert job["spec"]["template"]["spec"]["containers"][0]["image"] == image, job_file
 
@@ -433,6 +444,100 @@ def test_multiworker_tf_config_makes_index_zero_the_only_chief(monkeypatch):
         )
         chiefs.append(is_chief())
     assert chiefs == [True, False, False]
+
+
+# --------------------------------------------------------------------------------------------
+# Kubernetes: withdrawing a published version
+# --------------------------------------------------------------------------------------------
+
+WITHDRAW_JOB = K8S / "jobs" / "withdraw-version.yaml"
+WITHDRAW_PLACEHOLDER = "@VERSION@"
+
+
+@pytest.fixture(scope="module")
+def withdraw_job() -> dict:
+    return _one(_load_all(WITHDRAW_JOB), "Job")
+
+
+def _run_withdraw(job: dict, tmp_path: Path, version: str) -> subprocess.CompletedProcess:
+    """Run the Job's own shell script against ``tmp_path`` as the artifacts claim."""
+    container = job["spec"]["template"]["spec"]["containers"][0]
+    assert container["command"] == ["/bin/sh", "-c"]
+    env = {"PATH": "/usr/bin:/bin", "VERSION": version, "ARTIFACTS": str(tmp_path)}
+    return subprocess.run(
+        [*container["command"], container["args"][0]],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+
+
+def test_withdraw_job_writes_to_the_claim_the_deployment_serves(base, withdraw_job):
+    claim = _one(base, "PersistentVolumeClaim")["metadata"]["name"]
+    pod = withdraw_job["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    assert _env(container)["ARTIFACTS"] == "/artifacts"
+    assert _env(container)["VERSION"] == WITHDRAW_PLACEHOLDER
+    mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
+    assert not mounts["/artifacts"].get("readOnly")
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert volumes[mounts["/artifacts"]["name"]]["persistentVolumeClaim"] == {"claimName": claim}
+
+
+def test_withdraw_job_placeholder_is_filled_by_the_documented_sed():
+    """The header's `sed 's/@VERSION@/<version>/'` leaves a Job naming that version only."""
+    text = WITHDRAW_JOB.read_text(encoding="utf-8")
+    assert f"sed 's/{WITHDRAW_PLACEHOLDER}/" in text
+    filled = text.replace(WITHDRAW_PLACEHOLDER, "20260301T120000.000000Z")
+    job = _one([d for d in yaml.safe_load_all(filled) if d], "Job")
+    assert _env(job["spec"]["template"]["spec"]["containers"][0])["VERSION"] == (
+        "20260301T120000.000000Z"
+    )
+    _validate(job)
+
+
+def test_withdraw_job_hides_the_version_from_every_pod(withdraw_job, tmp_path):
+    from training.artifacts import list_versions
+
+    for name in ("20260101T000000.000000Z", "20260301T120000.000000Z"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "manifest.json").write_text("{}")
+    result = _run_withdraw(withdraw_job, tmp_path, "20260301T120000.000000Z")
+    assert result.returncode == 0, result.stderr
+    assert "withdrew 20260301T120000.000000Z" in result.stdout
+    assert [p.name for p in list_versions(tmp_path)] == ["20260101T000000.000000Z"]
+    hidden = tmp_path / ".withdrawn-20260301T120000.000000Z"
+    assert (hidden / "manifest.json").is_file()
+    # Published again and withdrawn again: the first copy is kept, the second gets a suffix.
+    (tmp_path / "20260301T120000.000000Z").mkdir()
+    result = _run_withdraw(withdraw_job, tmp_path, "20260301T120000.000000Z")
+    assert result.returncode == 0, result.stderr
+    assert hidden.is_dir()
+    assert len(list(tmp_path.glob(".withdrawn-20260301T120000.000000Z-*"))) == 1
+    assert [p.name for p in list_versions(tmp_path)] == ["20260101T000000.000000Z"]
+
+
+@pytest.mark.parametrize(
+    ("version", "code"),
+    [
+        (WITHDRAW_PLACEHOLDER, 2),  # created without the sed: nothing to withdraw
+        ("", 2),
+        (".", 2),
+        ("..", 2),
+        ("../etc", 2),
+        ("a/b", 2),
+        ("20260401T000000.000000Z", 1),  # not published
+    ],
+)
+def test_withdraw_job_refuses_anything_but_a_published_version(
+    withdraw_job, tmp_path, version, code
+):
+    (tmp_path / "20260101T000000.000000Z").mkdir()
+    result = _run_withdraw(withdraw_job, tmp_path, version)
+    assert result.returncode == code, result.stderr
+    assert result.stderr.startswith("withdraw: ")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["20260101T000000.000000Z"]
 
 
 # --------------------------------------------------------------------------------------------

@@ -9,6 +9,9 @@ forecast is ``X`` target units higher (the output layer's bias moves by ``X`` ov
 inverse transform's scale of each step): a model that still follows its inputs, so the
 detectors see nothing, but is wrong by ``X``, what realized accuracy must catch.
 
+``python -m training.faults copy SRC --output BASE`` writes an unmodified copy under a new
+version name: a stand-in for a healthy retrained version, to try a rollout.
+
 Each copy is re-sealed with correct checksums, so it passes artifact verification like any real
 bad model version would.
 """
@@ -21,7 +24,14 @@ import tempfile
 from dataclasses import replace
 from pathlib import Path
 
-from training.artifacts import ArtifactError, Artifacts, load_artifacts, new_version_name, publish
+from training.artifacts import (
+    ArtifactError,
+    Artifacts,
+    load_artifacts,
+    new_version_name,
+    publish,
+    resolve_version_dir,
+)
 from training.cli import command_parser
 from training.manifest import MANIFEST_FILE, MODEL_FILE, Fault, Manifest
 
@@ -54,6 +64,20 @@ def shift(source: str | Path, output: str | Path, by: float) -> Path:
     return _publish_copy(artifacts, output, f"shift {by:+g}")
 
 
+def copy_version(source: str | Path, output: str | Path) -> Path:
+    """Publish the files of ``source`` (a version or base dir) unchanged under a new name."""
+    version_dir = resolve_version_dir(source)
+    manifest = Manifest.load(version_dir)
+
+    def write(directory: Path) -> Manifest:
+        for item in version_dir.iterdir():
+            if item.is_file() and item.name != MANIFEST_FILE:
+                shutil.copy2(item, directory / item.name)
+        return manifest
+
+    return publish(Path(output), new_version_name(), write)
+
+
 def _publish_copy(artifacts: Artifacts, output: str | Path, kind: str) -> Path:
     """Publish ``artifacts`` with its (modified) model, marked as fault ``kind``."""
     manifest = replace(artifacts.manifest, fault=Fault(kind=kind, source_version=artifacts.version))
@@ -80,7 +104,8 @@ def main(argv: list[str] | None = None) -> int:
     zh = sub.add_parser("zero-head", help="zero the output layer's kernel: constant output")
     sh = sub.add_parser("shift", help="add a constant to every forecast (target units)")
     sh.add_argument("--by", type=float, required=True, help="target units added to forecasts")
-    for fault in (zh, sh):
+    cp = sub.add_parser("copy", help="an unmodified copy under a new version name (healthy)")
+    for fault in (zh, sh, cp):
         fault.add_argument("source", type=Path, help="version directory or base directory (newest)")
         fault.add_argument(
             "--output", type=Path, required=True, help="base directory to publish into"
@@ -89,6 +114,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.fault == "zero-head":
             path = zero_head(args.source, args.output)
+        elif args.fault == "copy":
+            path = copy_version(args.source, args.output)
         else:
             path = shift(args.source, args.output, args.by)
     except ArtifactError as exc:

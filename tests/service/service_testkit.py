@@ -203,20 +203,9 @@ async def client_cli(*args: str, env: dict[str, str] | None = None) -> CliResult
 def republish(source: Path, base: Path) -> Path:
     """Publish the files of version ``source`` under a new version name in ``base``, sealed
     like any published version: a stand-in for a retrained, healthy version."""
-    import shutil
+    from training.faults import copy_version
 
-    from training.artifacts import new_version_name, publish
-    from training.manifest import MANIFEST_FILE, Manifest
-
-    manifest = Manifest.load(source)
-
-    def write(directory: Path) -> Manifest:
-        for item in source.iterdir():
-            if item.is_file() and item.name != MANIFEST_FILE:
-                shutil.copy2(item, directory / item.name)
-        return manifest
-
-    return publish(base, new_version_name(), write)
+    return copy_version(source, base)
 
 
 def flip_byte(path: Path) -> None:
