@@ -70,7 +70,7 @@ class RolloutResult:
     rss_after_mb: float = float("nan")
     collapsed_rejected: bool = False
     collapsed_reason: str = ""
-    collapsed_after_windows: int = 0  # candidate windows run when its detector fired
+    collapsed_after_windows: int = 0  # candidate windows run when its detector got set
     tampered_ignored: bool = False
     rolled_back: bool = False
     versions: dict[str, str] = field(default_factory=dict)
@@ -266,16 +266,17 @@ def run_rollout(
         collapsed = zero_head(first, base)
         found = service.wait_for(rf"candidate {re.escape(collapsed.name)} rejected \((\w+)\)")
         result.collapsed_reason = found.group(1)
-        after = re.search(r"fired on its outputs after (\d+) windows", service.text())
+        after = re.search(r"set on its outputs since window (\d+)", service.text())
         result.collapsed_after_windows = int(after.group(1)) if after else 0
         time.sleep(1.0)
         result.collapsed_rejected = load.latest_version() == good.name
         # 3. A tampered version: ignored.
-        tampered = copy_version(first, base)
-        model = tampered / "model.keras"
+        staged = copy_version(first, workdir / "staging")  # tampered before it appears
+        model = staged / "model.keras"
         data = bytearray(model.read_bytes())
         data[len(data) // 2] ^= 0xFF
         model.write_bytes(bytes(data))
+        tampered = staged.rename(base / staged.name)
         service.wait_for(rf"ignoring version {re.escape(tampered.name)} \(checksum\)")
         result.tampered_ignored = True
         # 4. Rollback.
@@ -314,7 +315,8 @@ def markdown(result: RolloutResult) -> str:
         f"| RSS: one model / candidate resident / after promotion | {r.rss_before_mb:.0f} / "
         f"{r.rss_candidate_mb:.0f} / {r.rss_after_mb:.0f} MB |",
         f"| collapsed copy rejected, traffic stayed | {r.collapsed_rejected} "
-        f"({r.collapsed_reason}, after {r.collapsed_after_windows} shadow windows) |",
+        f"({r.collapsed_reason}; its detector set from shadow window "
+        f"{r.collapsed_after_windows}) |",
         f"| tampered copy ignored | {r.tampered_ignored} |",
         f"| SetServingVersion rolled back | {r.rolled_back} |",
         "",

@@ -21,8 +21,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     from threadpoolctl import threadpool_limits
 
+    from service.lifecycle import load_newest_valid
     from service.server import serve  # deferred: imports TensorFlow
-    from training.artifacts import ArtifactError, load_artifacts
+    from training.artifacts import ArtifactError
     from training.model import configure_devices
 
     device = configure_devices()
@@ -30,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     # core, OpenBLAS splits those across a worker that then spins on a core the event loop needs.
     threadpool_limits(limits=1, user_api="blas")
     try:
-        artifacts = load_artifacts(settings.artifacts)
+        artifacts = load_newest_valid(settings.artifacts)
     except ArtifactError as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 2

@@ -46,7 +46,7 @@ from service.forecaster import Forecaster
 from service.shadow import ShadowEvaluation, Verdict
 from service.threads import LOADER_THREAD, name_os_thread
 from training.artifacts import ArtifactError, Artifacts, list_versions, load_artifacts
-from training.manifest import Manifest
+from training.manifest import MANIFEST_FILE, Manifest
 
 log = logging.getLogger(__name__)
 
@@ -140,6 +140,8 @@ class ModelLifecycle:
         self._shadow: ShadowEvaluation | None = None
         self._poller: asyncio.Task[None] | None = None
         self._switching = asyncio.Lock()
+        self._scanning = asyncio.Lock()
+        self._unevaluated: set[str] = set()  # new valid versions no candidate was made of
         self._loop = asyncio.get_running_loop()
         self._closed = False
 
@@ -188,27 +190,35 @@ class ModelLifecycle:
 
     # ---- watching ------------------------------------------------------------------------
 
-    async def scan(self, *, initial: bool = False) -> None:
-        """Look at the base directory once: record what changed, start a new candidate."""
+    async def scan(self, *, initial: bool = False, evaluate: bool = True) -> None:
+        """Look at the base directory once: record what changed and, with ``evaluate``, start
+        the newest new valid version as the candidate. One scan at a time."""
         base = self.settings.base
         if base is None or self._closed:
             return
-        paths = await asyncio.to_thread(list_versions, base)
-        names = {p.name for p in paths}
-        for gone in [n for n, r in self._records.items() if n not in names and r.status != SERVING]:
-            del self._records[gone]
-        new: list[Path] = []
-        for path in paths:
-            signature = await asyncio.to_thread(_signature, path)
-            known = self._records.get(path.name)
-            if known is not None and (known.status != IGNORED or known.signature == signature):
-                continue
-            record = await asyncio.to_thread(self._examine, path, signature)
-            self._note(record, known)
-            if record.status == AVAILABLE and not initial:
-                new.append(path)
-        if new:
-            self._start_candidate(max(new, key=lambda p: p.name))
+        async with self._scanning:
+            paths = await asyncio.to_thread(list_versions, base)
+            names = {p.name for p in paths}
+            gone = [n for n, r in self._records.items() if n not in names and r.status != SERVING]
+            for name in gone:
+                del self._records[name]
+                self._unevaluated.discard(name)
+                if name == self._candidate_name:
+                    log.info("candidate %s was withdrawn from %s", name, base)
+                    self._end_candidate()
+            for path in paths:
+                signature = await asyncio.to_thread(_signature, path)
+                known = self._records.get(path.name)
+                if known is not None and (known.status != IGNORED or known.signature == signature):
+                    continue
+                record = await asyncio.to_thread(self._examine, path, signature)
+                self._note(record, known)
+                if record.status == AVAILABLE and not initial:
+                    self._unevaluated.add(path.name)
+            if evaluate and self._unevaluated:
+                newest = max(self._unevaluated)
+                self._unevaluated.clear()
+                self._start_candidate(base / newest)
 
     def _examine(self, path: Path, signature: tuple[int, ...]) -> VersionRecord:
         """Verify a version directory without loading its model (off the loop)."""
@@ -218,6 +228,9 @@ class ModelLifecycle:
             return VersionRecord(path.name, IGNORED, signature, reason=str(exc)).with_kind(
                 exc.reason
             )
+        except (OSError, ValueError) as exc:  # vanished or unreadable mid-check
+            record = VersionRecord(path.name, IGNORED, signature, reason=f"{path}: {exc}")
+            return record.with_kind("invalid")
         problem = _incompatibility(manifest, self.serving.artifacts.manifest)
         if manifest.version != path.name:
             record = _record_of(path.name, IGNORED, manifest, signature)
@@ -261,7 +274,10 @@ class ModelLifecycle:
         started = self._loop.time()
         try:
             model = await _in_background_thread(self._load, path)
-        except VersionUnusable as exc:
+        except Exception as exc:  # noqa: BLE001 - a version that cannot load is ignored
+            if not isinstance(exc, VersionUnusable):
+                log.exception("candidate %s: loading failed", name)
+                exc = VersionUnusable(f"{path}: cannot be loaded and compiled ({exc})")
             if self._candidate_name == name:
                 self._end_candidate()
                 record = self._records.get(name)
@@ -289,6 +305,7 @@ class ModelLifecycle:
             on_verdict=lambda verdict: self._verdict_from_thread(model, verdict),
             reference=lambda windows: _candidate_predict(serving, windows),
             reference_monitor=self._fresh_monitor(serving),
+            require_detectors=serving.monitor is not None,
         )
         self._shadow.start()
         log.info(
@@ -303,7 +320,10 @@ class ModelLifecycle:
         return None if spec is None or model.monitor is None else PredictionMonitor(spec)
 
     def _verdict_from_thread(self, model: ServingModel, verdict: Verdict) -> None:
-        self._loop.call_soon_threadsafe(self._on_verdict, model, verdict)
+        try:
+            self._loop.call_soon_threadsafe(self._on_verdict, model, verdict)
+        except RuntimeError:  # the loop closed: the server has shut down
+            pass
 
     def _load(self, path: Path) -> ServingModel:
         """Load, check and compile a version (off the loop)."""
@@ -319,13 +339,12 @@ class ModelLifecycle:
     def _on_verdict(self, model: ServingModel, verdict: Verdict) -> None:
         if self._candidate is not model or self._closed:
             return
-        if self._metrics is not None:
-            self._metrics.promotions.labels("promoted" if verdict.promote else "rejected").inc()
         if verdict.promote:
             task = asyncio.create_task(self._promote(model, "shadow", verdict.detail))
             self._loading = task
             return
         if self._metrics is not None:
+            self._metrics.promotions.labels("rejected").inc()
             self._metrics.rejections.labels(verdict.reason).inc()
         log.warning(
             "candidate %s rejected (%s): %s; still serving %s",
@@ -345,6 +364,8 @@ class ModelLifecycle:
                 return
             self._end_candidate()
             self._switch(model, trigger, detail)
+            if self._metrics is not None:
+                self._metrics.promotions.labels("promoted").inc()
 
     def _end_candidate(self) -> None:
         """No candidate any more (its record's status is the caller's to set)."""
@@ -396,12 +417,16 @@ class ModelLifecycle:
                     "invalid",
                 )
             path = base / version
-            if not version or Path(version).name != version or not path.is_dir():
+            hidden = version.startswith(".")
+            if not version or hidden or Path(version).name != version or not path.is_dir():
                 raise VersionNotFound(f"no version {version!r} under {base}")
             if self._candidate is not None and self._candidate.version == version:
                 model = self._candidate
             else:
-                model = await asyncio.to_thread(self._load, path)
+                record = await asyncio.to_thread(self._examine, path, ())
+                if record.status == IGNORED:
+                    raise VersionUnusable(record.reason, record.kind)
+                model = await _in_background_thread(self._load, path)
             if self._candidate_name is not None:
                 self._abandon_candidate()
             self._switch(model, "admin", "ModelAdmin.SetServingVersion")
@@ -410,12 +435,44 @@ class ModelLifecycle:
     # ---- the admin view ------------------------------------------------------------------
 
     async def list_versions(self) -> list[VersionRecord]:
-        """Every version on disk, oldest first (a fresh look at the directory first)."""
-        await self.scan()
+        """Every version on disk, oldest first (a fresh look at the directory first; only the
+        watcher starts candidates)."""
+        await self.scan(evaluate=False)
         return [self._records[name] for name in sorted(self._records)]
 
 
 # -------------------------------------------------------------------------------------------
+
+
+def load_newest_valid(path: Path) -> Artifacts:
+    """The version to serve first: ``path`` itself when it is a version directory, else the
+    newest version under it that loads; newer ones that do not are logged and skipped (the
+    watcher counts them). Raises the newest's ArtifactError when none loads."""
+    if (path / MANIFEST_FILE).is_file() or not path.is_dir():
+        return load_artifacts(path)
+    first_error: ArtifactError | None = None
+    for version_dir in reversed(list_versions(path)):
+        try:
+            if not (version_dir / MANIFEST_FILE).is_file():
+                raise ArtifactError(
+                    f"{version_dir / MANIFEST_FILE}: missing manifest", "incomplete"
+                )
+            artifacts = load_artifacts(version_dir)
+        except ArtifactError as exc:
+            log.warning("ignoring version %s (%s): %s", version_dir.name, exc.reason, exc)
+            first_error = first_error or exc
+            continue
+        if artifacts.version != version_dir.name:
+            log.warning(
+                "ignoring version %s (invalid): its manifest names version %r",
+                version_dir.name,
+                artifacts.version,
+            )
+            continue
+        return artifacts
+    if first_error is not None:
+        raise first_error
+    return load_artifacts(path)  # raises: no version directories
 
 
 def _record_of(
@@ -495,12 +552,24 @@ async def _in_background_thread(load: Callable[[Path], ServingModel], path: Path
             model = load(path)
         except BaseException as exc:  # noqa: BLE001 - handed to the awaiting task
             error = exc
-            loop.call_soon_threadsafe(settle, lambda: done.set_exception(error))
+            _call_soon(loop, settle, lambda: done.set_exception(error))
             return
-        loop.call_soon_threadsafe(settle, lambda: done.set_result(model))
+        _call_soon(loop, settle, lambda: done.set_result(model))
 
     threading.Thread(target=run, name="candidate-loader", daemon=True).start()
     return await done
+
+
+def _call_soon(
+    loop: asyncio.AbstractEventLoop,
+    settle: Callable[[Callable[[], None]], None],
+    outcome: Callable[[], None],
+) -> None:
+    """Hand a loader's outcome to the loop, unless the loop has closed (server shut down)."""
+    try:
+        loop.call_soon_threadsafe(settle, outcome)
+    except RuntimeError:
+        pass
 
 
 def _candidate_predict(

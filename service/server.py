@@ -192,7 +192,7 @@ async def create_server(
         registry.register(_ServingDetectors(lifecycle))
     realized = _realized_accuracy(settings, artifacts, registry)
     batcher = MicroBatcher(
-        lifecycle.serving.forecaster.predict,
+        lambda windows: lifecycle.serving.forecaster.predict(windows),
         queue,
         max_batch_size=settings.max_batch_size,
         max_wait_s=settings.max_wait_ms / 1000.0,

@@ -3,16 +3,21 @@ a candidate version whose answers are never returned.
 
 The event loop hands over what it answered with :meth:`ShadowEvaluation.offer`: one
 non-blocking put on a bounded queue; when the queue is full the windows are skipped (sampling
-under load). A thread of its own runs the candidate on them, and sleeps after each call so the
-candidate takes at most ``TIME_SHARE`` of one core: the cost stays bounded whatever the load.
+under load), and windows with a series id are then sampled by series, so that the series
+shadowed keep continuing. A thread of its own runs the candidate, and the serving version, on
+them, and sleeps after each call so that they take at most ``TIME_SHARE`` of one core: the cost
+stays bounded whatever the load.
 
-What decides the verdict, once ``windows`` windows have been run:
+What decides the verdict, once ``windows`` windows have been run (and, where series ids come,
+``MIN_SCORED_VALUES`` values scored, for at most ``MAX_REALIZED_WAIT_SECONDS`` more):
 
 - the candidate's outputs go through a collapse detector with the candidate's own calibration
-  (its manifest's ``monitoring`` section): if it is collapsed at any point, the candidate is
-  rejected (``collapsed``), unless the serving version, run on the same windows through fresh
-  detectors of its own calibration, looks alike (traffic of little variety, not a broken
-  candidate: :data:`RELATIVE_COLLAPSE`);
+  (its manifest's ``monitoring`` section), and the serving version's outputs of the same
+  windows through fresh detectors of its own: if at the end the candidate's detector is set
+  and its responsiveness is below ``RELATIVE_COLLAPSE`` of the serving version's, it is
+  rejected (``collapsed``). Traffic of little variety lowers both alike; a collapsed model's
+  alone falls to near zero. A candidate without a calibration is rejected (``failed``) while
+  the detectors are on;
 - where windows carry a ``series_id``, the candidate's forecasts and the serving version's
   forecasts of the same windows are scored alike as the series continue (the realized accuracy
   of :mod:`monitoring.realized`, in two private trackers): with at least ``MIN_SCORED_VALUES``
@@ -29,6 +34,7 @@ import logging
 import queue
 import threading
 import time
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -48,6 +54,11 @@ MAX_SHADOW_BATCH = 256
 """The most windows in one shadow call of the candidate."""
 MIN_SCORED_VALUES = 100
 """Realized values needed before realized error can reject a candidate."""
+MAX_REALIZED_WAIT_SECONDS = 600.0
+"""Where series ids come, how long an evaluation may go on past ``windows`` windows to score
+MIN_SCORED_VALUES values; then the verdict is given on what was scored."""
+MAX_SERIES_MODULUS = 64
+"""Under load, at least one series in this many is still shadowed."""
 RELATIVE_COLLAPSE = 0.5
 """A candidate whose detector fires is collapsed only if the serving version's detector, fed
 the same windows, does not fire and the candidate's responsiveness is below this share of the
@@ -94,6 +105,7 @@ class ShadowEvaluation:
         on_verdict: Callable[[Verdict], None],
         reference: Callable[[np.ndarray], Outputs] | None = None,
         reference_monitor: PredictionMonitor | None = None,
+        require_detectors: bool = False,
         name: str = "shadow",
     ) -> None:
         """``predict(raw_windows)`` returns ``(forecasts, raw_output, monitored_rows)``;
@@ -101,7 +113,10 @@ class ShadowEvaluation:
         version (None: no realized comparison). ``reference`` (the serving version's predict)
         and ``reference_monitor`` (fresh detectors with the serving version's calibration) see
         the same shadowed windows: a candidate counts as collapsed only where the serving
-        version, on that same traffic, does not look alike (see :data:`RELATIVE_COLLAPSE`)."""
+        version, on that same traffic, does not look alike (see :data:`RELATIVE_COLLAPSE`).
+        ``require_detectors``: a candidate without ``monitor`` (no calibration in its manifest)
+        is rejected, as it cannot be shown not to be collapsed."""
+        self._require_detectors = require_detectors
         self._reference = reference
         self._reference_monitor = reference_monitor
         self._predict = predict
@@ -115,7 +130,11 @@ class ShadowEvaluation:
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self.windows = 0
         self.skipped = 0
-        self._collapsed = False
+        self._series_seen = False
+        self._collapsed_since = 0  # windows run when the candidate's detector last got set
+        # Under load, windows with a series id are kept for whole series (those whose id hashes
+        # to 0 modulo this), so the series that are shadowed continue and can be scored.
+        self._series_modulus = 1
 
     def start(self) -> None:
         self._thread.start()
@@ -123,11 +142,33 @@ class ShadowEvaluation:
     def offer(
         self, windows: np.ndarray, series_ids: list[str] | None, forecasts: np.ndarray
     ) -> None:
-        """Windows the serving version answered (event loop; never waits)."""
+        """Windows the serving version answered (event loop; never waits). When the queue is
+        full the offer is skipped, and from then on only every other series (then every
+        fourth, ... up to one in ``MAX_SERIES_MODULUS``) is shadowed; when the shadow keeps up
+        again (an empty queue), twice as many."""
+        if series_ids is not None and self._series_modulus > 1:
+            keep = [
+                i
+                for i, sid in enumerate(series_ids)
+                if sid and zlib.crc32(sid.encode()) % self._series_modulus == 0
+            ]
+            if len(keep) < len(series_ids):
+                self.skipped += len(series_ids) - len(keep)
+                if not keep:
+                    if self._queue.empty():  # the shadow keeps up: sample more series
+                        self._series_modulus //= 2
+                    return
+                windows, forecasts = windows[keep], forecasts[keep]
+                series_ids = [series_ids[i] for i in keep]
         try:
             self._queue.put_nowait(_Offer(windows, series_ids, forecasts))
         except queue.Full:
             self.skipped += len(windows)
+            if series_ids is not None:  # sample fewer series, each of them whole
+                self._series_modulus = min(2 * self._series_modulus, MAX_SERIES_MODULUS)
+            return
+        if self._series_modulus > 1 and self._queue.qsize() == 1:  # it was empty
+            self._series_modulus //= 2
 
     def stop(self) -> None:
         """Abandon the evaluation: no verdict (idempotent; does not wait)."""
@@ -151,28 +192,47 @@ class ShadowEvaluation:
             self._on_verdict(verdict)
 
     def _evaluate(self) -> Verdict | None:
-        while self.windows < self._needed:
+        if self._monitor is None and self._require_detectors:
+            return self._verdict(
+                False,
+                "failed",
+                "its manifest has no detector calibration: it cannot be shown not to be "
+                "collapsed (retrain it with this release)",
+            )
+        started_at = time.monotonic()
+        while not self._enough(started_at):
             offers = self._take()
             if offers is None:
                 return None
+            if not offers:
+                continue
             started = time.perf_counter()
             failed = self._run_candidate(offers)
             if failed is not None:
                 return failed
-            if self._collapsed:
-                return self._verdict(
-                    False,
-                    "collapsed",
-                    f"the collapse detector fired on its outputs after {self.windows} windows",
-                )
             spent = time.perf_counter() - started
             if self._stopped.wait(spent * (1.0 / TIME_SHARE - 1.0)):
                 return None
         return self._final()
 
+    def _enough(self, started_at: float) -> bool:
+        """``windows`` windows run and, where series ids came, enough values scored (or the
+        evaluation has run for ``MAX_REALIZED_WAIT_SECONDS``)."""
+        if self.windows < self._needed:
+            return False
+        if self._trackers is None or not self._series_seen:
+            return True
+        if time.monotonic() - started_at > MAX_REALIZED_WAIT_SECONDS:
+            return True
+        return self._trackers[0].totals().values >= MIN_SCORED_VALUES
+
     def _take(self) -> list[_Offer] | None:
-        """The next offers, up to MAX_SHADOW_BATCH windows (None: stopped)."""
-        first = self._queue.get()
+        """The next offers, up to MAX_SHADOW_BATCH windows (None: stopped; empty: none came
+        within a second)."""
+        try:
+            first = self._queue.get(timeout=1.0)
+        except queue.Empty:
+            return []
         if first is None or self._stopped.is_set():
             return None
         offers, size = [first], len(first.windows)
@@ -205,7 +265,11 @@ class ShadowEvaluation:
             )
         if self._monitor is not None:
             _observe(self._monitor, windows, (forecasts, raw_output, monitored))
-            self._collapsed |= self._monitor.collapse.collapsed and not self._alike_on_reference()
+            collapsed = self._monitor.collapse.collapsed
+            if not collapsed:
+                self._collapsed_since = 0
+            elif not self._collapsed_since:
+                self._collapsed_since = self.windows
         if self._trackers is not None:
             candidate, serving_tracker = self._trackers
             for tracker, answers in ((candidate, forecasts), (serving_tracker, serving)):
@@ -213,23 +277,35 @@ class ShadowEvaluation:
                 for offer in offers:
                     n = len(offer.windows)
                     if offer.series_ids is not None:
+                        self._series_seen = True
                         part = answers[offset : offset + n]
                         tracker.submit(offer.series_ids, offer.windows, part)
                     offset += n
                 tracker.flush()
         return None
 
-    def _alike_on_reference(self) -> bool:
-        """Whether the serving version, on the windows seen so far, looks as collapsed."""
-        if self._reference is None or self._reference_monitor is None or self._monitor is None:
-            return False
-        reference = self._reference_monitor
-        return reference.collapse.collapsed or (
-            self._monitor.collapse.responsiveness
-            >= RELATIVE_COLLAPSE * reference.collapse.responsiveness
+    def _collapse(self) -> str:
+        """Why the candidate counts as collapsed at the end ('' if it does not): its detector
+        says so, and its responsiveness is below RELATIVE_COLLAPSE of the serving version's on
+        the same windows."""
+        if self._monitor is None or not self._monitor.collapse.collapsed:
+            return ""
+        mine = self._monitor.collapse.responsiveness
+        since = f"the collapse detector set on its outputs since window {self._collapsed_since}"
+        if self._reference_monitor is None:
+            return f"{since} (responsiveness {mine:.3g})"
+        theirs = self._reference_monitor.collapse.responsiveness
+        if mine >= RELATIVE_COLLAPSE * theirs:
+            return ""
+        return (
+            f"{since}: responsiveness {mine:.3g} against the serving version's {theirs:.3g} "
+            "on the same windows"
         )
 
     def _final(self) -> Verdict:
+        collapsed = self._collapse()
+        if collapsed:
+            return self._verdict(False, "collapsed", collapsed)
         scored, cand_mae, serve_mae = self._realized()
         if scored >= MIN_SCORED_VALUES and cand_mae > self._max_ratio * serve_mae:
             return self._verdict(

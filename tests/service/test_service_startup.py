@@ -13,7 +13,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from service_process import run_service, service_lines
+from service_process import ServiceProcess, run_service, service_lines
+
+from service.client import ForecastClient
 
 pytestmark = pytest.mark.slow
 
@@ -92,18 +94,34 @@ def test_service_refuses_damaged_artifacts(trained_version, tmp_path, damage):
     assert not (tmp_path / "base" / "pickle-was-loaded").exists()
 
 
-def test_service_refuses_damaged_newest_version_of_base_dir(trained_version, tmp_path):
+def test_service_serves_newest_valid_version_when_newest_is_damaged(trained_version, tmp_path):
+    """The server never crashes on a bad version: it serves the newest one that loads."""
     base = tmp_path / "base"
     newest = base / (trained_version.name + "-newer")
     shutil.copytree(trained_version, base / trained_version.name)
     shutil.copytree(trained_version, newest)
     flip_model_byte(newest)
 
+    with ServiceProcess(base, tmp_path / "service.log") as process:
+        process.wait_until_serving()
+        with ForecastClient(process.target) as client:
+            assert client.info().model_version == trained_version.name
+        log = process.stderr()
+    assert f"ignoring version {newest.name} (checksum)" in log
+    assert "sha256 mismatch" in log
+
+
+def test_service_refuses_base_dir_whose_only_version_is_damaged(trained_version, tmp_path):
+    base = tmp_path / "base"
+    only = base / trained_version.name
+    shutil.copytree(trained_version, only)
+    flip_model_byte(only)
+
     result = run_service(base)
 
     assert result.returncode == 2
     last = service_lines(result.stderr)[-1]
-    assert last.startswith(f"python -m service: error: {newest / 'model.keras'}: sha256"), last
+    assert last.startswith(f"python -m service: error: {only / 'model.keras'}: sha256"), last
 
 
 def test_service_refuses_missing_artifacts_dir(tmp_path):
