@@ -72,19 +72,19 @@ async def _deny_stream(request: Any, context: Context) -> AsyncIterator[None]:
 
 
 async def _deny_after_sending(requests: AsyncIterator[Any], context: Context) -> None:
-    await _until_half_close(requests)
+    await until_half_close(requests)
     await context.abort(grpc.StatusCode.UNAUTHENTICATED, DENIED)
 
 
 async def _deny_stream_after_sending(
     requests: AsyncIterator[Any], context: Context
 ) -> AsyncIterator[None]:
-    await _until_half_close(requests)
+    await until_half_close(requests)
     await context.abort(grpc.StatusCode.UNAUTHENTICATED, DENIED)
     yield  # pragma: no cover - makes this an async generator
 
 
-async def _until_half_close(requests: AsyncIterator[Any]) -> None:
+async def until_half_close(requests: AsyncIterator[Any]) -> None:
     """Discard the client's messages (unparsed) until it half-closes, within the bounds."""
     try:
         async with asyncio.timeout(HALF_CLOSE_WAIT_S):

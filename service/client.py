@@ -58,6 +58,31 @@ SWITCH_TIMEOUT_S = 120.0
 # ModelVersion.status values (service.lifecycle).
 AVAILABLE, IGNORED = "available", "ignored"
 
+# The service config (the ``grpc.service_config`` channel option) ForecastClient uses unless
+# given ``retry=False``. A replica that drains on SIGTERM answers every new call UNAVAILABLE at
+# once, before doing any work for it, and then stops; a call the network or a restart loses ends
+# UNAVAILABLE too. Such calls are tried again, five attempts in all, each after a random pause
+# of up to 0.1, 0.2, 0.4 and 0.8 s. ``round_robin`` spreads the calls over every address the
+# target resolves to (a headless Service's DNS name, or ``ipv4:host1:port,host2:port``) and
+# sends each retry to the next replica. The same windows give the same forecast: retrying is safe.
+RETRY_SERVICE_CONFIG = json.dumps(
+    {
+        "loadBalancingConfig": [{"round_robin": {}}],
+        "methodConfig": [
+            {
+                "name": [{"service": SERVICE_NAME}],
+                "retryPolicy": {
+                    "maxAttempts": 5,
+                    "initialBackoff": "0.1s",
+                    "maxBackoff": "1s",
+                    "backoffMultiplier": 2,
+                    "retryableStatusCodes": ["UNAVAILABLE"],
+                },
+            }
+        ],
+    }
+)
+
 
 def channel_credentials(
     ca: Path | None = None, cert: Path | None = None, key: Path | None = None
@@ -112,7 +137,9 @@ def _levels(text: str) -> tuple[float, ...]:
 
 
 class ForecastClient:
-    """A small synchronous client. ``target`` is host:port; TLS when ``credentials`` is given."""
+    """A small synchronous client. ``target`` is host:port (or any gRPC target); TLS when
+    ``credentials`` is given. Calls ending UNAVAILABLE are retried (:data:`RETRY_SERVICE_CONFIG`)
+    unless ``retry`` is False."""
 
     def __init__(
         self,
@@ -123,10 +150,13 @@ class ForecastClient:
         admin_token: str | None = None,
         timeout: float = 10.0,
         server_name: str | None = None,
+        retry: bool = True,
     ):
         """``token`` is sent with the forecast RPCs, ``admin_token`` (default: ``token``) with
         the ModelAdmin ones; ``timeout`` is the per-call deadline in seconds."""
         options = [("grpc.ssl_target_name_override", server_name)] if server_name else []
+        if retry:
+            options.append(("grpc.service_config", RETRY_SERVICE_CONFIG))
         self._channel = (
             grpc.secure_channel(target, credentials, options=options)
             if credentials

@@ -16,6 +16,7 @@ import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NoReturn
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -39,6 +40,7 @@ from service.api import ADMIN_SERVICE_NAME, FORECAST_METHODS, SERVICE_NAME, pb_g
 from service.auth import BearerTokenInterceptor
 from service.batching import BatchObserver, IdleHook, MicroBatcher, WindowQueue
 from service.config import Settings
+from service.drain import Drain, DrainInterceptor, exit_process, finish_calls, margin_seconds
 from service.errors import Recorder, StatusInterceptor
 from service.forecaster import BatchResult, Forecaster
 from service.lifecycle import LifecycleSettings, ModelLifecycle, ServingModel
@@ -127,6 +129,7 @@ class RunningServer:
     lifecycle: ModelLifecycle
     realized: RealizedAccuracy | None = None
     stop_warm_up: threading.Event = field(default_factory=threading.Event)
+    drain: Drain = field(default_factory=Drain)  # the one its DrainInterceptor counts into
 
     @property
     def health(self) -> health.aio.HealthServicer:
@@ -149,13 +152,20 @@ class RunningServer:
         )
         await self.status.warmed_up()
 
-    async def shutdown(self, grace: float) -> None:
-        """NOT_SERVING, stop taking RPCs, let in-flight ones finish within ``grace``, stop."""
+    async def finish(self, grace: float) -> None:
+        """NOT_SERVING, refuse new RPCs with UNAVAILABLE, let in-flight ones finish within
+        ``grace`` (less a margin), close the batcher. The server still listens, refusing every
+        call, until it is stopped or the process ends (see :mod:`service.drain`)."""
         self.stop_warm_up.set()
         await self.lifecycle.close()
         await self.status.drain()
-        await self.server.stop(grace)
+        await finish_calls(self.drain, grace)
         await self.batcher.close()
+
+    async def shutdown(self, grace: float) -> None:
+        """:meth:`finish`, then stop the server within the rest of ``grace``."""
+        await self.finish(grace)
+        await self.server.stop(margin_seconds(grace) / 2)
 
 
 async def create_server(
@@ -199,10 +209,11 @@ async def create_server(
         observers=(*observers, *_batch_observers(metrics, lifecycle, realized)),
         on_idle=_idle_hook(lifecycle, realized),
     )
-    server = _grpc_server(settings, _rpc_recorder(metrics) if metrics is not None else None)
+    drain = Drain()
+    server = _grpc_server(settings, _rpc_recorder(metrics) if metrics is not None else None, drain)
     _add_services(server, settings, lifecycle, batcher, status.servicer, realized)
     port, security = _bind(server, settings)
-    running = RunningServer(server, port, status, batcher, lifecycle, realized)
+    running = RunningServer(server, port, status, batcher, lifecycle, realized, drain=drain)
     await status.set_serving(False)
     await server.start()
     batcher.start()
@@ -211,8 +222,9 @@ async def create_server(
     return running
 
 
-async def serve(settings: Settings, artifacts: Artifacts, *, device: str) -> int:
-    """Run until SIGTERM/SIGINT, then drain within the grace period. Returns the exit code."""
+async def serve(settings: Settings, artifacts: Artifacts, *, device: str) -> NoReturn:
+    """Run until SIGTERM/SIGINT, then drain within the grace period and end the process with
+    exit code 0."""
     registry = CollectorRegistry()
     running = await create_server(settings, artifacts, device=device, registry=registry)
     metrics_server = None
@@ -229,11 +241,11 @@ async def serve(settings: Settings, artifacts: Artifacts, *, device: str) -> int
     await stop.wait()
     log.info("shutdown requested: NOT_SERVING, draining for up to %.1fs", settings.grace_seconds)
     warm.cancel()
-    await running.shutdown(settings.grace_seconds)
+    await running.finish(settings.grace_seconds)
     if metrics_server is not None:
         metrics_server.shutdown()
     log.info("drained; exiting")
-    return 0
+    exit_process()  # not server.stop(): it would cancel the calls that race it
 
 
 # -------------------------------------------------------------------------------------------
@@ -439,8 +451,12 @@ def _rpc_recorder(metrics: ServingMetrics) -> Recorder:
     return record
 
 
-def _grpc_server(settings: Settings, record: Recorder | None) -> grpc.aio.Server:
-    interceptors: list[grpc.aio.ServerInterceptor] = [StatusInterceptor(record)]
+def _grpc_server(settings: Settings, record: Recorder | None, drain: Drain) -> grpc.aio.Server:
+    # Outermost first: drain refusals go through the status mapping and the request metrics.
+    interceptors: list[grpc.aio.ServerInterceptor] = [
+        StatusInterceptor(record),
+        DrainInterceptor(drain),
+    ]
     if settings.auth_token or settings.admin_token:
         interceptors.append(
             BearerTokenInterceptor(settings.auth_token, admin_token=settings.admin_token)

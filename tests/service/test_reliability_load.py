@@ -319,12 +319,9 @@ def test_sigterm_under_load_completes_every_accepted_rpc(tmp_path, trained_versi
         calls, sigterm_at, exit_code, exit_after = asyncio.run(_drain(service, windows, grace))
         stderr = service.stderr()
 
-    # A call that reaches the server in the instant its shutdown starts is cancelled by gRPC
-    # core before any handler sees it (seen about once in 3,000 calls, ending within 1 ms).
-    # It was never accepted; anything else must be served or refused as UNAVAILABLE.
-    raced = [c for c in calls if c[2] == grpc.StatusCode.CANCELLED and c[0] >= sigterm_at]
-    assert all(end < sigterm_at + 0.1 for _, end, _ in raced), raced
-    codes = Counter(c[2] for c in calls if c not in raced)
+    # Served or refused as UNAVAILABLE: none cancelled, not even one that reached the server
+    # in the instant its shutdown started (see service/drain.py).
+    codes = Counter(c[2] for c in calls)
     assert set(codes) <= {OK, grpc.StatusCode.UNAVAILABLE}, codes
     # Started well before the signal and still running at it: certainly accepted by the server
     # (each call queues 256 windows behind 63 others, so it stays in flight for ~0.4 s).
