@@ -209,6 +209,17 @@ def status_counts(calls: list[Call], signalled: float) -> dict[str, int]:
     return dict(sorted(counts.items()))
 
 
+def forecast_load(service: ServiceProcess, request: pb.ForecastRequest) -> Load:
+    """LOAD_CLIENTS threads, each on a connection of its own, sending ``request`` back to back."""
+    return Load(
+        LOAD_CLIENTS,
+        lambda: own_channel(service.target),
+        lambda channel: pb_grpc.ForecastServiceStub(channel).Forecast(
+            request, timeout=GRACE_SECONDS + EXIT_SLACK_SECONDS
+        ),
+    )
+
+
 def loaded_service(trained_version, log_path, windows_per_call: int) -> ServiceProcess:
     """Limits that refuse nothing: every client's call fits in one request and in the queue."""
     return ServiceProcess(
@@ -234,13 +245,7 @@ def test_sigterm_under_load_ends_every_call_ok_or_unavailable(
     request = request_from_windows(np.resize(windows, (windows_per_call, *windows.shape[1:])))
     with loaded_service(trained_version, tmp_path / "service.log", windows_per_call) as service:
         service.wait_until_serving()
-        with Load(
-            LOAD_CLIENTS,
-            lambda: own_channel(service.target),
-            lambda channel: pb_grpc.ForecastServiceStub(channel).Forecast(
-                request, timeout=GRACE_SECONDS + EXIT_SLACK_SECONDS
-            ),
-        ) as load:
+        with forecast_load(service, request) as load:
             time.sleep(LOAD_SECONDS)
             service.terminate()
             signalled = time.monotonic()
@@ -434,13 +439,7 @@ def test_sigterm_during_a_promotion_ends_every_call_ok_or_unavailable(
         "100000",  # the verdict never comes first
     ) as service:
         service.wait_until_serving()
-        with Load(
-            LOAD_CLIENTS,
-            lambda: own_channel(service.target),
-            lambda channel: pb_grpc.ForecastServiceStub(channel).Forecast(
-                request, timeout=GRACE_SECONDS + EXIT_SLACK_SECONDS
-            ),
-        ) as load:
+        with forecast_load(service, request) as load:
             time.sleep(LOAD_SECONDS)
             candidate = copy_version(trained_version, base)
             deadline = time.monotonic() + 120
