@@ -327,7 +327,11 @@ async def test_tracking_off_exports_no_realized_metrics_and_still_answers(
         assert len(response.predictions) == 2
         for name in (*REALIZED, "forecast_realized_tracked_series"):
             assert registry.get_sample_value(name) is None, name
-        assert registry.get_sample_value("forecast_windows_total") == 2
+        # The batch is counted by the monitoring thread, after the answer went out.
+        deadline = asyncio.get_running_loop().time() + TIMEOUT
+        while registry.get_sample_value("forecast_windows_total") != 2:
+            assert asyncio.get_running_loop().time() < deadline
+            await asyncio.sleep(0.01)
     finally:
         await running.shutdown(grace=1.0)
 
