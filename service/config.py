@@ -59,6 +59,11 @@ class Settings:
         "evaluation (off: with no traffic a candidate waits)",
     )
     address: str = _setting("0.0.0.0:50051", "gRPC listen address (host:port; port 0 = any)")
+    model_name: str = _setting(
+        "forecast",
+        "the model's name in the Open Inference Protocol (v2) service "
+        "inference.GRPCInferenceService, served on the same port as forecast.v1",
+    )
     metrics_port: int = _setting(9464, "Prometheus /metrics port (0 = any free port, -1 = off)")
     metrics_address: str = _setting("0.0.0.0", "Prometheus /metrics listen address")
     max_batch_size: int = _setting(
@@ -140,6 +145,8 @@ class Settings:
                 "--max-windows-per-request cannot exceed --max-queue-windows "
                 "(such a request could never be queued)"
             )
+        if not self.model_name.strip():
+            raise ValueError("--model-name must not be empty")
         if self.max_tracked_series < 1:
             raise ValueError("--max-tracked-series must be >= 1")
         if self.poll_seconds < 0:

@@ -27,7 +27,8 @@ So the server drains before it goes:
 :class:`DrainInterceptor` counts the calls and refuses them; :class:`Draining` is a
 :class:`~service.errors.ModelNotReady`, so :class:`~service.errors.StatusInterceptor` maps it
 to ``UNAVAILABLE`` like every other domain error. Health checks are neither counted nor refused:
-they keep reporting NOT_SERVING, and an open ``Watch`` does not hold the drain.
+they keep reporting NOT_SERVING, and an open ``Watch`` does not hold the drain. Nor are the Open
+Inference Protocol's ServerLive, ServerReady and ModelReady, which keep reporting not ready.
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 import grpc
 
+from service.api import OIP_PROBES
 from service.auth import until_half_close
 from service.errors import ModelNotReady
 
@@ -54,8 +56,9 @@ log = logging.getLogger(__name__)
 
 DRAINING_MESSAGE = "server is draining; retry on another replica"
 GRACE_OVER_MESSAGE = "server is draining and its grace period is over; retry on another replica"
-# Methods the drain neither counts nor refuses.
-UNDRAINED_PREFIXES = ("/grpc.health.v1.Health/",)
+# Methods the drain neither counts nor refuses: health, and the Open Inference Protocol's
+# liveness and readiness checks (which then report not ready).
+UNDRAINED_PREFIXES = ("/grpc.health.v1.Health/", *OIP_PROBES)
 # The end of the grace period kept for what follows the calls (ending the ones still running,
 # closing the batcher, stopping or exiting): at most MARGIN_SECONDS, at most MARGIN_FRACTION.
 MARGIN_SECONDS = 1.0

@@ -50,6 +50,12 @@ class IntervalsUnavailable(ForecastError):
     code = grpc.StatusCode.FAILED_PRECONDITION
 
 
+class ModelNotFound(ForecastError):
+    """An Open Inference Protocol request named a model or version this server does not serve."""
+
+    code = grpc.StatusCode.NOT_FOUND
+
+
 class VersionNotFound(ForecastError):
     """ModelAdmin was asked for a version that is not on disk."""
 

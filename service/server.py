@@ -19,8 +19,10 @@ from pathlib import Path
 from typing import NoReturn
 
 import grpc
+from google.protobuf import descriptor_pool
+from google.protobuf.descriptor import FileDescriptor
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import reflection, reflection_pb2
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import Metric
 from prometheus_client.registry import Collector
@@ -36,14 +38,25 @@ from monitoring.monitor import PredictionMonitor
 from monitoring.realized import RealizedAccuracy
 from service.admin import ModelAdminServicer
 from service.announce import GRPC_LISTENING, METRICS_LISTENING
-from service.api import ADMIN_SERVICE_NAME, FORECAST_METHODS, SERVICE_NAME, pb_grpc
+from service.api import (
+    ADMIN_SERVICE_NAME,
+    OIP_SERVICE_NAME,
+    REQUEST_METHODS,
+    SERVICE_NAME,
+    oip_grpc,
+    oip_pb,
+    pb,
+    pb_grpc,
+)
 from service.auth import BearerTokenInterceptor
 from service.batching import BatchObserver, IdleHook, MicroBatcher, WindowQueue
 from service.config import Settings
+from service.core import ForecastCore
 from service.drain import Drain, DrainInterceptor, exit_process, finish_calls, margin_seconds
 from service.errors import Recorder, StatusInterceptor
 from service.forecaster import BatchResult, Forecaster
 from service.lifecycle import LifecycleSettings, ModelLifecycle, ServingModel
+from service.protocols.oip_v2 import InferenceServicer
 from service.servicer import ForecastServicer, model_info
 from training.artifacts import Artifacts
 from training.intervals import REPORTED_LEVELS
@@ -65,6 +78,9 @@ class ServingHealth:
     ``forecast.v1.ForecastService`` changes; the server-wide ``""`` status stays SERVING, so a
     readiness probe on the service name takes the replica out of rotation while a liveness
     probe on ``""`` does not restart it.
+
+    The Open Inference Protocol's ServerReady and ModelReady report the same two statuses
+    (:meth:`is_serving`).
     """
 
     def __init__(self, *, collapse_unready: bool) -> None:
@@ -83,6 +99,11 @@ class ServingHealth:
         )
         for name in services:
             await self.servicer.set(name, status)
+
+    async def is_serving(self, service: str = "") -> bool:
+        """Whether gRPC health reports ``service`` (``""``: the server) SERVING now."""
+        answer = await self.servicer.Check(health_pb2.HealthCheckRequest(service=service), None)
+        return bool(answer.status == health_pb2.HealthCheckResponse.SERVING)
 
     async def warmed_up(self) -> None:
         """SERVING, except the forecast service while collapsed (with ``unready``)."""
@@ -211,7 +232,7 @@ async def create_server(
     )
     drain = Drain()
     server = _grpc_server(settings, _rpc_recorder(metrics) if metrics is not None else None, drain)
-    _add_services(server, settings, lifecycle, batcher, status.servicer, realized)
+    _add_services(server, settings, lifecycle, batcher, status, realized)
     port, security = _bind(server, settings)
     running = RunningServer(server, port, status, batcher, lifecycle, realized, drain=drain)
     await status.set_serving(False)
@@ -260,7 +281,7 @@ def _serving_metrics(
         return None
     return ServingMetrics(
         registry,
-        methods=FORECAST_METHODS,
+        methods=REQUEST_METHODS,
         model_labels=_model_labels(artifacts, device),
         queue_depth=lambda: queue.depth,
     )
@@ -441,11 +462,12 @@ def _idle_hook(lifecycle: ModelLifecycle, realized: RealizedAccuracy | None) -> 
 
 
 def _rpc_recorder(metrics: ServingMetrics) -> Recorder:
-    """Forecast RPCs go into the request metrics; health and reflection calls do not (probes
+    """Forecast RPCs and the Open Inference Protocol's ModelInfer go into the request metrics;
+    health, reflection and the protocol's liveness, readiness and metadata calls do not (probes
     would otherwise dilute error rates and satisfy traffic guards)."""
 
     def record(method: str, code: grpc.StatusCode, seconds: float) -> None:
-        if method in FORECAST_METHODS:
+        if method in REQUEST_METHODS:
             metrics.record_rpc(method, code.name, seconds)
 
     return record
@@ -477,29 +499,62 @@ def _add_services(
     settings: Settings,
     lifecycle: ModelLifecycle,
     batcher: MicroBatcher,
-    health_servicer: health.aio.HealthServicer,
+    status: ServingHealth,
     realized: RealizedAccuracy | None,
 ) -> None:
-    """The forecast and admin services, gRPC health and reflection."""
-    servicer = ForecastServicer(
+    """The forecast and admin services, the Open Inference Protocol (v2) service in front of the
+    same core, gRPC health and reflection."""
+    core = ForecastCore(
         lifecycle,
         batcher,
         max_windows_per_request=settings.max_windows_per_request,
         realized=realized,
     )
-    pb_grpc.add_ForecastServiceServicer_to_server(servicer, server)  # type: ignore[no-untyped-call]
+    forecast = ForecastServicer(core)
+    pb_grpc.add_ForecastServiceServicer_to_server(forecast, server)  # type: ignore[no-untyped-call]
+    inference = InferenceServicer(
+        core,
+        model_name=settings.model_name,
+        server_ready=status.is_serving,
+        model_ready=lambda: status.is_serving(SERVICE_NAME),
+    )
+    oip_grpc.add_GRPCInferenceServiceServicer_to_server(inference, server)  # type: ignore[no-untyped-call]
     admin = ModelAdminServicer(lifecycle)
     pb_grpc.add_ModelAdminServicer_to_server(admin, server)  # type: ignore[no-untyped-call]
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    health_pb2_grpc.add_HealthServicer_to_server(status.servicer, server)
     reflection.enable_server_reflection(
         (
             SERVICE_NAME,
             ADMIN_SERVICE_NAME,
+            OIP_SERVICE_NAME,
             health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
             reflection.SERVICE_NAME,
         ),
         server,
+        pool=_reflection_pool(
+            pb.DESCRIPTOR, oip_pb.DESCRIPTOR, health_pb2.DESCRIPTOR, reflection_pb2.DESCRIPTOR
+        ),
     )
+
+
+def _reflection_pool(*files: FileDescriptor) -> descriptor_pool.DescriptorPool:
+    """One pool with every served file and its imports, for reflection (which reads one pool):
+    the Open Inference Protocol's file is not in protobuf's default pool (see
+    :mod:`service.protogen`)."""
+    pool = descriptor_pool.DescriptorPool()
+    added: set[str] = set()
+
+    def add(file: FileDescriptor) -> None:
+        if file.name in added:
+            return
+        for dependency in file.dependencies:
+            add(dependency)
+        pool.AddSerializedFile(file.serialized_pb)
+        added.add(file.name)
+
+    for file in files:
+        add(file)
+    return pool
 
 
 def _bind(server: grpc.aio.Server, settings: Settings) -> tuple[int, str]:

@@ -1,4 +1,5 @@
-"""The gRPC servicer: protobuf in, core call, protobuf out. No try/except (see errors.py)."""
+"""The forecast.v1 servicer: protobuf in, :class:`service.core.ForecastCore` call, protobuf out.
+No try/except (see errors.py)."""
 
 from __future__ import annotations
 
@@ -9,18 +10,17 @@ from typing import Any, NamedTuple
 import grpc
 import numpy as np
 
-from monitoring.realized import RealizedAccuracy
 from service.api import pb, pb_grpc
-from service.batching import MicroBatcher
 from service.convert import (
     levels_from_request,
     response_from_forecasts,
     series_ids_from_request,
     windows_from_request,
 )
+from service.core import ForecastCore
 from service.errors import ForecastError, InvalidWindow
 from service.forecaster import Forecaster
-from service.lifecycle import ModelLifecycle, ServingModel
+from service.lifecycle import ServingModel
 from training.baselines import Baselines
 from training.intervals import IntervalCalibration
 
@@ -40,23 +40,11 @@ class _Pending(NamedTuple):
 
 
 class ForecastServicer(pb_grpc.ForecastServiceServicer):
-    """Each request (each stream message) is pinned to the version serving when it arrives:
-    that version's model forecasts all its windows, its calibration makes the intervals and
-    its name is the response's ``model_version``."""
+    """Each request (each stream message) is pinned to the version serving when it arrives
+    (see :mod:`service.core`)."""
 
-    def __init__(
-        self,
-        lifecycle: ModelLifecycle,
-        batcher: MicroBatcher,
-        *,
-        max_windows_per_request: int,
-        realized: RealizedAccuracy | None = None,
-    ):
-        """``realized``: where windows with a series id go to be scored later (None: off)."""
-        self._lifecycle = lifecycle
-        self._batcher = batcher
-        self._max_windows = max_windows_per_request
-        self._realized = realized
+    def __init__(self, core: ForecastCore) -> None:
+        self._core = core
 
     def _parse(
         self, model: ServingModel, request: pb.ForecastRequest
@@ -67,17 +55,11 @@ class ForecastServicer(pb_grpc.ForecastServiceServicer):
             request,
             window=forecaster.window,
             n_features=forecaster.n_features,
-            max_windows=self._max_windows,
+            max_windows=self._core.max_windows_per_request,
         )
         levels = levels_from_request(request)
-        forecaster.check_levels(levels)
+        self._core.check_levels(model, levels)
         return windows, levels, series_ids_from_request(request)
-
-    async def _forecast(
-        self, model: ServingModel, windows: np.ndarray, deadline: float | None
-    ) -> np.ndarray:
-        forecaster = model.forecaster
-        return await self._batcher.submit(windows, deadline, forecaster.predict)
 
     def _answer(
         self,
@@ -87,38 +69,18 @@ class ForecastServicer(pb_grpc.ForecastServiceServicer):
         series_ids: list[str] | None,
         forecasts: np.ndarray,
     ) -> pb.ForecastResponse:
-        """The response to one request (or stream message); intervals only when asked for."""
-        forecaster = model.forecaster
-        self._lifecycle.offer(model, windows, series_ids, forecasts)
-        intervals = forecaster.intervals(windows, forecasts, levels) if levels else None
-        # Per request, for realized-accuracy scoring: forecasts [n, horizon] float64 and, with
-        # levels, intervals.levels (percent, request order) and intervals.lo / intervals.hi
-        # [n, L, horizon] float64, target units; intervals is None without levels.
-        if series_ids is not None and self._realized is not None:  # scored off the event loop
-            if intervals is None:
-                self._realized.submit(series_ids, windows, forecasts)
-            else:
-                self._realized.submit(
-                    series_ids,
-                    windows,
-                    forecasts,
-                    levels=intervals.levels,
-                    lower=intervals.lo,
-                    upper=intervals.hi,
-                )
-        return response_from_forecasts(forecasts, forecaster.version, intervals)
+        answer = self._core.answer(model, windows, levels, series_ids, forecasts)
+        return response_from_forecasts(answer.forecasts, answer.version, answer.intervals)
 
-    @staticmethod
-    def _deadline(context: grpc.aio.ServicerContext[Any, Any]) -> float | None:
-        remaining = context.time_remaining()
-        return None if remaining is None else asyncio.get_running_loop().time() + remaining
+    def _deadline(self, context: grpc.aio.ServicerContext[Any, Any]) -> float | None:
+        return self._core.deadline(context.time_remaining())
 
     async def Forecast(
         self, request: pb.ForecastRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.ForecastResponse:
-        model = self._lifecycle.serving
+        model = self._core.pin()
         windows, levels, series_ids = self._parse(model, request)
-        forecasts = await self._forecast(model, windows, self._deadline(context))
+        forecasts = await self._core.forecast(model, windows, self._deadline(context))
         return self._answer(model, windows, levels, series_ids, forecasts)
 
     async def StreamForecast(
@@ -139,7 +101,7 @@ class ForecastServicer(pb_grpc.ForecastServiceServicer):
             index = 0
             try:
                 async for request in request_iterator:
-                    model = self._lifecycle.serving
+                    model = self._core.pin()
                     try:
                         windows, levels, series_ids = self._parse(model, request)
                     except ForecastError as exc:
@@ -147,7 +109,7 @@ class ForecastServicer(pb_grpc.ForecastServiceServicer):
                         return
                     await slots.acquire()
                     forecasts = asyncio.ensure_future(
-                        _with_message_index(index, self._forecast(model, windows, deadline))
+                        _with_message_index(index, self._core.forecast(model, windows, deadline))
                     )
                     queue.put_nowait(_Pending(model, windows, levels, series_ids, forecasts))
                     index += 1
@@ -175,7 +137,7 @@ class ForecastServicer(pb_grpc.ForecastServiceServicer):
     async def GetModelInfo(
         self, request: pb.GetModelInfoRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.ModelInfo:
-        return self._lifecycle.serving.info
+        return self._core.pin().info
 
 
 async def _with_message_index(index: int, forecast: Awaitable[np.ndarray]) -> np.ndarray:

@@ -50,7 +50,7 @@ from service_process import ServiceProcess
 from test_alerts import ALERTS_FILE, PrometheusServer, metric_names
 from test_grafana_dashboard import DASHBOARD_FILE, as_promql, expressions
 
-from service.api import FORECAST_METHODS
+from service.api import REQUEST_METHODS
 from service.client import ForecastClient
 from training.data import chronological_split, impute, synthetic_series
 from training.faults import shift, zero_head
@@ -432,13 +432,13 @@ def test_prometheus_fires_collapse_and_drift_alerts_and_nothing_for_healthy_traf
             missing = metric_names(rule["query"]) - ingested
             assert not missing, f"{rule['name']}: {sorted(missing)} never scraped"
 
-    # Only the forecast service's RPCs are counted: the health checks made while waiting for
-    # each service to serve are not.
+    # Only the forecast RPCs (and the Open Inference Protocol's ModelInfer) are counted: the
+    # health checks made while waiting for each service to serve are not.
     methods = {
         sample["metric"]["method"]
         for sample in prometheus.api("query", query="forecast_requests_total")["result"]
     }
-    assert "Forecast" in methods and methods <= set(FORECAST_METHODS), methods
+    assert "Forecast" in methods and methods <= set(REQUEST_METHODS), methods
 
     for name, sender in traffic.items():
         assert sender.requests > 0, name

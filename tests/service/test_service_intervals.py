@@ -16,7 +16,7 @@ from service_testkit import read_stream, start_server, target_of
 
 from service.api import pb, pb_grpc
 from service.client import forecasts_from_response, request_from_windows
-from service.convert import MAX_LEVELS
+from service.validation import MAX_LEVELS
 from training.artifacts import load_artifacts
 from training.intervals import Conformal
 

@@ -32,8 +32,9 @@ from benchmarks.degraded import crossing
 from monitoring.realized import OUTCOMES
 from service.api import pb, pb_grpc
 from service.config import Settings
-from service.convert import MAX_SERIES_ID_BYTES, series_ids_from_request
+from service.convert import series_ids_from_request
 from service.errors import InvalidWindow
+from service.validation import MAX_SERIES_ID_BYTES
 from training.artifacts import Artifacts, load_artifacts
 from training.data import synthetic_series
 from training.faults import shift
