@@ -15,6 +15,7 @@ from service.validation import (
     series_id_too_long,
 )
 from training.intervals import ForecastIntervals
+from training.manifest import Manifest
 
 
 def windows_from_request(
@@ -89,4 +90,20 @@ def response_from_forecasts(
             )
         ],
         model_version=version,
+    )
+
+
+def split_metrics(manifest: Manifest, split: str) -> pb.SplitMetrics | None:
+    """A manifest's error metrics of one evaluation split as the proto's message; None when
+    the manifest has none for it."""
+    m = manifest.metrics.get(split)
+    if m is None:
+        return None
+    return pb.SplitMetrics(
+        mae=m.mae,
+        rmse=m.rmse,
+        persistence_mae=m.persistence_mae,
+        mean_forecast_mae=m.mean_mae,
+        std_ratio=m.std_ratio,
+        windows=m.n_windows,
     )

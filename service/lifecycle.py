@@ -41,6 +41,7 @@ from monitoring.metrics import LifecycleMetrics
 from monitoring.monitor import PredictionMonitor
 from monitoring.realized import RealizedAccuracy
 from service.api import pb
+from service.convert import split_metrics
 from service.errors import VersionNotFound, VersionUnusable
 from service.forecaster import Forecaster
 from service.shadow import ShadowEvaluation, Verdict
@@ -478,22 +479,12 @@ def load_newest_valid(path: Path) -> Artifacts:
 def _record_of(
     version: str, status: str, manifest: Manifest, signature: tuple[int, ...] = ()
 ) -> VersionRecord:
-    test = manifest.metrics.get("test")
     return VersionRecord(
         version=version,
         status=status,
         signature=signature,
         created_at=manifest.created_at,
-        test=None
-        if test is None
-        else pb.SplitMetrics(
-            mae=test.mae,
-            rmse=test.rmse,
-            persistence_mae=test.persistence_mae,
-            mean_forecast_mae=test.mean_mae,
-            std_ratio=test.std_ratio,
-            windows=test.n_windows,
-        ),
+        test=split_metrics(manifest, "test"),
     )
 
 

@@ -15,6 +15,7 @@ from service.convert import (
     levels_from_request,
     response_from_forecasts,
     series_ids_from_request,
+    split_metrics,
     windows_from_request,
 )
 from service.core import ForecastCore
@@ -153,19 +154,6 @@ def model_info(
 ) -> pb.ModelInfo:
     manifest = forecaster.artifacts.manifest
 
-    def split(name: str) -> pb.SplitMetrics | None:
-        m = manifest.metrics.get(name)
-        if m is None:
-            return None
-        return pb.SplitMetrics(
-            mae=m.mae,
-            rmse=m.rmse,
-            persistence_mae=m.persistence_mae,
-            mean_forecast_mae=m.mean_mae,
-            std_ratio=m.std_ratio,
-            windows=m.n_windows,
-        )
-
     return pb.ModelInfo(
         model_version=forecaster.version,
         feature_names=forecaster.artifacts.feature_names,
@@ -173,8 +161,8 @@ def model_info(
         window=forecaster.window,
         horizon=forecaster.transform.horizon,
         target_mode=forecaster.transform.mode,
-        validation=split("val"),
-        test=split("test"),
+        validation=split_metrics(manifest, "val"),
+        test=split_metrics(manifest, "test"),
         features=[
             pb.FeatureReference(
                 name=name,
