@@ -6,9 +6,12 @@
     python -m benchmarks report          # rebuild bench.md/.png and the targets from the JSON
 
 ``run`` (the default) measures, side by side on this machine: the in-process model ceiling,
-a bare gRPC echo server (transport ceiling), a naive model.predict-per-request server, and the
-service with monitoring on and off, under the same client load (several client processes,
-grpc.aio, a concurrency sweep per mode). It writes bench.json, bench.md and bench.png.
+a bare gRPC echo server (transport ceiling), a naive model.predict-per-request server, the
+service with monitoring on and off, the service with ``--workers 2``, and the same model behind
+KServe's Python ModelServer (its own environment: ``make kserve-venv``), under the same client
+load (several client processes, grpc.aio, a concurrency sweep per mode; the Open Inference
+Protocol modes on the systems that speak it). ``--systems`` and ``--modes`` pick a subset. It
+writes bench.json, bench.md and bench.png.
 ``soak`` loads the service for minutes and checks its RSS stays flat (soak.json/.md/.png).
 ``tracking`` measures what realized-accuracy tracking costs: throughput of two services that
 differ only in ``--realized-tracking``, as interleaved on/off pairs, every window sent under a
@@ -26,8 +29,10 @@ import argparse
 import json
 import logging
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
+from benchmarks.servers import KSERVE_PYTHON, SYSTEM_NAMES
 from training.cli import command_parser, int_list, positive
 
 PROG = "python -m benchmarks"
@@ -37,7 +42,11 @@ DEFAULT_SWEEPS = {
     "batch64": "1,4,16",
     "batch256": "1,4,16",
     "stream": "1,8,32,128",
+    "oip1": "1,8,32,128",
+    "oip256": "1,4,16",
 }
+# The Open Inference Protocol modes carry no series ids, so `tracking` runs forecast.v1 only.
+TRACKING_MODES = ("unary", "batch64", "batch256", "stream")
 # `tracking`'s concurrency per mode: where the service peaked in the last full bench.
 TRACKING_CONCURRENCY = {"unary": 32, "batch64": 16, "batch256": 4, "stream": 128}
 
@@ -51,15 +60,24 @@ def _levels(text: str) -> tuple[int, ...]:
     return int_list(text, unique_sorted=True, too_small="concurrency levels must be >= 1")
 
 
-def _modes(text: str) -> tuple[str, ...]:
-    names = tuple(m.strip() for m in text.split(",") if m.strip())
-    unknown = [m for m in names if m not in DEFAULT_SWEEPS]
-    if unknown or not names:
-        raise argparse.ArgumentTypeError(
-            f"unknown mode(s) {', '.join(unknown) or '(none)'}; choose from "
-            + ", ".join(DEFAULT_SWEEPS)
-        )
-    return names
+def _names(known: tuple[str, ...], what: str) -> Callable[[str], tuple[str, ...]]:
+    """A parser of a comma-separated subset of ``known`` (``what``: "mode", "system")."""
+
+    def parse(text: str) -> tuple[str, ...]:
+        names = tuple(m.strip() for m in text.split(",") if m.strip())
+        unknown = [m for m in names if m not in known]
+        if unknown or not names:
+            raise argparse.ArgumentTypeError(
+                f"unknown {what}(s) {', '.join(unknown) or '(none)'}; choose from "
+                + ", ".join(known)
+            )
+        return names
+
+    return parse
+
+
+_modes = _names(tuple(DEFAULT_SWEEPS), "mode")
+_systems = _names(SYSTEM_NAMES, "system")
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
@@ -172,6 +190,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="modes to measure: " + ", ".join(DEFAULT_SWEEPS),
     )
     run.add_argument(
+        "--systems",
+        type=_systems,
+        default=None,
+        help="servers to measure (unset: all; kserve only when its environment exists): "
+        + ", ".join(SYSTEM_NAMES),
+    )
+    run.add_argument(
+        "--kserve-python",
+        type=Path,
+        default=KSERVE_PYTHON,
+        help="interpreter of the KServe peer's environment (`make kserve-venv` creates it)",
+    )
+    run.add_argument(
         "--concurrency",
         type=_levels,
         default=None,
@@ -269,9 +300,9 @@ def build_parser() -> argparse.ArgumentParser:
     _common(tracking)
     tracking.add_argument(
         "--modes",
-        type=_modes,
+        type=_names(TRACKING_MODES, "mode"),
         default="unary,batch64",
-        help="modes to measure: " + ", ".join(DEFAULT_SWEEPS),
+        help="modes to measure: " + ", ".join(TRACKING_MODES),
     )
     for mode, level in TRACKING_CONCURRENCY.items():
         tracking.add_argument(
@@ -360,13 +391,28 @@ def _write_run(results: dict, output_dir: Path) -> list[Path]:
     return paths
 
 
+def _kserve_missing(args: argparse.Namespace) -> str | None:
+    """Why the KServe peer cannot run, when it is chosen and its interpreter is missing."""
+    if "kserve" not in (args.systems or SYSTEM_NAMES) or args.kserve_python.is_file():
+        return None
+    return f"no interpreter at {args.kserve_python}; `make kserve-venv` creates it"
+
+
 def _run(args: argparse.Namespace) -> int:
     from benchmarks.run import RunConfig, run
+    from benchmarks.workload import model_shape
 
     sweeps = {
         m: getattr(args, f"{m}_concurrency") or args.concurrency or _levels(DEFAULT_SWEEPS[m])
         for m in args.modes
     }
+    # Without its environment the KServe peer is left out of the default selection (main()
+    # refuses it when --systems names it).
+    reason = _kserve_missing(args)
+    chosen = tuple(n for n in args.systems or SYSTEM_NAMES if not (reason and n == "kserve"))
+    skipped = {"kserve": reason} if reason else {}
+    if reason:
+        print(f"{PROG}: warning: leaving kserve out: {reason}", file=sys.stderr)
     config = RunConfig(
         artifacts=args.artifacts,
         output_dir=args.output_dir,
@@ -385,9 +431,11 @@ def _run(args: argparse.Namespace) -> int:
         client_cpus=args.client_cpus,
         batch_buckets=args.batch_buckets,
         max_batch_size=args.max_batch_size,
+        systems=chosen,
+        kserve_python=args.kserve_python.absolute(),  # not resolved: a venv's python is a link
+        skipped=skipped,
     )
-    points = sum(len(v) for v in sweeps.values()) * 4 * args.repeats
-    points += len(sweeps) * 2 * args.overhead_pairs
+    points = config.points(model_shape(args.artifacts)[0])
     per_point = args.warmup + args.duration + args.settle + 0.7
     print(
         f"{points} points x ~{per_point:.1f} s + start-up: about "
@@ -526,6 +574,9 @@ def main(argv: list[str] | None = None) -> int:
                     file=sys.stderr,
                 )
                 return 2
+    if args.command == "run" and args.systems and (reason := _kserve_missing(args)):
+        print(f"{PROG}: error: --systems kserve: {reason}", file=sys.stderr)
+        return 2
     problem = _check_artifacts(args.artifacts)
     if problem is not None:
         print(f"{PROG}: error: {problem}", file=sys.stderr)

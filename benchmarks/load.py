@@ -10,7 +10,8 @@ the orchestrator, so percentiles are exact over all processes.
 Payloads are pre-serialized (identity serializer), so every system receives the same bytes and
 the clients spend their CPU on the transport, not on building protobufs. A sample of responses
 (the first of each lane, then every ``VALIDATE_EVERY``-th) is parsed and checked; a wrong
-prediction count counts as an error (``BAD_RESPONSE``).
+prediction count, or an Open Inference Protocol answer without a finite ``forecast`` tensor of
+``[n, horizon]`` FP32 in ``raw_output_contents``, counts as an error (``BAD_RESPONSE``).
 """
 
 from __future__ import annotations
@@ -27,10 +28,11 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.workload import MODES, SeriesPayloads, payloads
+from benchmarks.workload import FORECAST_V1, MODES, SeriesPayloads, infer_forecasts, payloads
 
 FORECAST = "/forecast.v1.ForecastService/Forecast"
 STREAM_FORECAST = "/forecast.v1.ForecastService/StreamForecast"
+MODEL_INFER = "/inference.GRPCInferenceService/ModelInfer"
 VALIDATE_EVERY = 64
 # Calls still running this long after the window closes are cancelled (they never count).
 DRAIN_SECONDS = 5.0
@@ -91,7 +93,20 @@ def _valid(response: bytes, expected_windows: int, horizon: int) -> bool:
     )
 
 
-async def _unary_lane(call, requests, first, rec: _Recorder, horizon: int, timeout: float):
+def _valid_infer(response: bytes, expected_windows: int, horizon: int) -> bool:
+    from service.api import oip_pb
+
+    forecasts = infer_forecasts(oip_pb.ModelInferResponse.FromString(response))
+    return (
+        forecasts is not None
+        and forecasts.shape == (expected_windows, horizon)
+        and bool(np.isfinite(forecasts).all())
+    )
+
+
+async def _unary_lane(
+    call, requests, first, rec: _Recorder, horizon: int, timeout: float, valid=_valid
+):
     import grpc
 
     i = first
@@ -105,7 +120,7 @@ async def _unary_lane(call, requests, first, rec: _Recorder, horizon: int, timeo
             rec.error(exc.code().name, time.perf_counter())
             continue
         finished = time.perf_counter()
-        if (i - first) % VALIDATE_EVERY == 0 and not _valid(
+        if (i - first) % VALIDATE_EVERY == 0 and not valid(
             response, rec.windows_per_request, horizon
         ):
             rec.error("BAD_RESPONSE", finished)
@@ -176,10 +191,11 @@ async def _drive(job: Job, requests: list[bytes] | SeriesPayloads, horizon: int)
     try:
         await asyncio.wait_for(channel.channel_ready(), timeout=30)
         call: Any  # bytes in, bytes out
-        if mode.rpc == "unary":
-            call = channel.unary_unary(FORECAST)
-        else:
+        valid = _valid if mode.protocol == FORECAST_V1 else _valid_infer
+        if mode.rpc == "stream":
             call = channel.stream_stream(STREAM_FORECAST)
+        else:
+            call = channel.unary_unary(FORECAST if mode.protocol == FORECAST_V1 else MODEL_INFER)
         await asyncio.sleep(max(0.0, start - time.perf_counter()))
         lanes = []
         for k, depth in enumerate(job.lanes):
@@ -191,7 +207,7 @@ async def _drive(job: Job, requests: list[bytes] | SeriesPayloads, horizon: int)
                 else requests
             )
             if mode.rpc == "unary":
-                lanes.append(_unary_lane(call, own, first, rec, horizon, job.timeout))
+                lanes.append(_unary_lane(call, own, first, rec, horizon, job.timeout, valid))
             else:
                 lanes.append(_stream_lane(call, own, first, depth, rec, horizon, job.timeout))
         tasks = [asyncio.ensure_future(lane) for lane in lanes]
@@ -223,15 +239,17 @@ def _client_main(
     conn, windows: np.ndarray, horizon: int, cpus: tuple[int, ...] | None, series: bool
 ) -> None:
     """A client process: build each mode's payloads once, then run jobs until told to stop.
-    With ``series``, every window carries a series id and continues its series' last window
-    (see :class:`benchmarks.workload.SeriesPayloads`)."""
+    With ``series``, every forecast.v1 window carries a series id and continues its series' last
+    window (see :class:`benchmarks.workload.SeriesPayloads`); there are no Open Inference
+    Protocol payloads then."""
     if cpus:
         os.sched_setaffinity(0, cpus)
     requests: dict[str, list[bytes] | SeriesPayloads] = {
         name: SeriesPayloads(windows, mode.windows_per_request)
         if series
-        else payloads(windows, mode.windows_per_request)
+        else payloads(windows, mode.windows_per_request, mode.protocol)
         for name, mode in MODES.items()
+        if not (series and mode.protocol != FORECAST_V1)
     }
     loop = asyncio.new_event_loop()
     conn.send("ready")
@@ -248,8 +266,9 @@ def _client_main(
 def plan(rpc: str, concurrency: int, processes: int, stream_depth: int) -> list[tuple[int, ...]]:
     """Spread ``concurrency`` in-flight requests over client processes, as lanes per process.
 
-    Unary: one lane per in-flight request. Stream: ``ceil(concurrency / stream_depth)`` streams
-    (at least one per used process), the in-flight messages shared evenly between them.
+    Unary (Forecast and ModelInfer): one lane per in-flight request. Stream:
+    ``ceil(concurrency / stream_depth)`` streams (at least one per used process), the in-flight
+    messages shared evenly between them.
     """
     if rpc == "unary":
         lanes = [1] * concurrency

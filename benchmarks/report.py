@@ -11,12 +11,16 @@ import math
 from pathlib import Path
 from typing import Any
 
-SYSTEM_ORDER = ("transport_ceiling", "naive", "service", "service_no_monitoring")
+from benchmarks.servers import SYSTEM_NAMES
+
+SYSTEM_ORDER = SYSTEM_NAMES
 SHORT = {
     "transport_ceiling": "echo (transport ceiling)",
     "naive": "naive server",
     "service": "service",
     "service_no_monitoring": "service, monitoring off",
+    "service_workers2": "service --workers 2",
+    "kserve": "KServe ModelServer",
 }
 
 
@@ -38,8 +42,9 @@ def _ratio(a: Any, b: Any) -> float | None:
 
 
 def _target(key, figure, target, op, threshold, measured, detail) -> dict:
+    """One row of the targets table (``threshold`` None: a figure shown without a target)."""
     met = None
-    if measured is not None and math.isfinite(measured):
+    if measured is not None and math.isfinite(measured) and threshold is not None:
         met = measured >= threshold if op == ">=" else measured <= threshold
     return {
         "id": key,
@@ -142,6 +147,7 @@ def targets(results: dict, soak: dict | None = None) -> list[dict]:
     )
 
     out.append(_overhead_target(results, modes))
+    out += _workers_and_oip_targets(results, modes)
 
     if soak is not None:
         rss = soak["rss"]
@@ -170,6 +176,123 @@ def targets(results: dict, soak: dict | None = None) -> list[dict]:
                 "not measured in this run: `python -m benchmarks soak --minutes 5`",
             )
         )
+    return out
+
+
+def _not_run(results: dict, mode: str, *names: str) -> str | None:
+    """Why a target is not measured, when ``mode`` or one of the systems ``names`` was not run
+    in this run (None when they all were)."""
+    config = results.get("config", {})
+    skipped = config.get("skipped", {})
+    missing = [n for n in names if n not in results["systems"]]
+    if mode not in config.get("sweeps", {mode: ()}):
+        return f"not measured in this run: mode {mode} not run"
+    if not missing:
+        return None
+    return "not measured in this run: " + "; ".join(
+        f"{SHORT[n]} {'left out (' + skipped[n] + ')' if n in skipped else 'not run'}"
+        for n in missing
+    )
+
+
+def _peak_text(name: str, point: dict | None, key: str) -> str:
+    """ "service 2,830 req/s (c=32)" for the peak ``point`` of system ``name``."""
+    if point is None:
+        return f"{SHORT[name]} no successful point"
+    unit = "req/s" if key == "requests_per_s" else "windows/s"
+    return f"{SHORT[name]} {point[key]:,.0f} {unit} (c={point['concurrency']})"
+
+
+def _workers_and_oip_targets(results: dict, modes) -> list[dict]:
+    """The rows of issue 17: the service with two processes against the transport ceiling,
+    and the Open Inference Protocol against the model ceiling and the KServe peer."""
+
+    def best(name: str, mode: str, key: str) -> dict | None:
+        return peak(modes(name).get(mode, []), key)
+
+    out = []
+    w2 = best("service_workers2", "unary", "requests_per_s")
+    w1 = best("service", "unary", "requests_per_s")
+    echo = best("transport_ceiling", "unary", "requests_per_s")
+    ratio = _ratio(w2 and w2["requests_per_s"], echo and echo["requests_per_s"])
+    w1_ratio = _ratio(w1 and w1["requests_per_s"], echo and echo["requests_per_s"])
+    out.append(
+        _target(
+            "unary_workers2_vs_transport",
+            "Single-window unary throughput, service with --workers 2 vs the transport ceiling",
+            "≥ 0.7×",
+            ">=",
+            0.7,
+            ratio,
+            _not_run(results, "unary", "service_workers2", "transport_ceiling")
+            or f"{_peak_text('service_workers2', w2, 'requests_per_s')} vs "
+            f"{_peak_text('transport_ceiling', echo, 'requests_per_s')}; --workers 1: "
+            f"{_peak_text('service', w1, 'requests_per_s')}"
+            + (f" = {w1_ratio:.3f}×" if w1_ratio is not None else ""),
+        )
+    )
+
+    s = best("service", "oip256", "windows_per_s")
+    c = results["model_ceiling"]["by_batch_size"].get("256")
+    s2 = best("service_workers2", "oip256", "windows_per_s")
+    workers2 = (
+        f"; --workers 2: {_peak_text('service_workers2', s2, 'windows_per_s')}"
+        if "service_workers2" in results["systems"]
+        else ""
+    )
+    out.append(
+        _target(
+            "oip256_vs_model",
+            "OIP v2 ModelInfer windows/s (256/request) vs in-process model ceiling",
+            "≥ 0.9×",
+            ">=",
+            0.9,
+            _ratio(s and s["windows_per_s"], c and c["windows_per_s"]),
+            _not_run(results, "oip256", "service")
+            or (
+                f"{_peak_text('service', s, 'windows_per_s')} vs Forecaster.predict(256) "
+                + (f"{c['windows_per_s']:,.0f} windows/s" if c else "not measured")
+                + workers2
+            ),
+        )
+    )
+
+    k = best("kserve", "oip256", "windows_per_s")
+    out.append(
+        _target(
+            "oip256_vs_kserve",
+            "OIP v2 windows/s at 256 windows/request vs KServe ModelServer (same model)",
+            "≥ 2×",
+            ">=",
+            2.0,
+            _ratio(s and s["windows_per_s"], k and k["windows_per_s"]),
+            _not_run(results, "oip256", "service", "kserve")
+            or f"{_peak_text('service', s, 'windows_per_s')} vs "
+            f"{_peak_text('kserve', k, 'windows_per_s')}{workers2}",
+        )
+    )
+
+    s, k = best("service", "oip1", "requests_per_s"), best("kserve", "oip1", "requests_per_s")
+    s1 = _at_concurrency(modes("service").get("oip1", []), 1)
+    k1 = _at_concurrency(modes("kserve").get("oip1", []), 1)
+    latency = (
+        f"; p50 at c=1: service {s1['p50_ms']:.2f} ms, KServe {k1['p50_ms']:.2f} ms"
+        if s1 and k1
+        else ""
+    )
+    out.append(
+        _target(
+            "oip1_vs_kserve",
+            "OIP v2 single-window throughput vs KServe ModelServer (shown, no target)",
+            "–",
+            ">=",
+            None,
+            _ratio(s and s["requests_per_s"], k and k["requests_per_s"]),
+            _not_run(results, "oip1", "service", "kserve")
+            or f"{_peak_text('service', s, 'requests_per_s')} vs "
+            f"{_peak_text('kserve', k, 'requests_per_s')}{latency}",
+        )
+    )
     return out
 
 
@@ -234,7 +357,9 @@ def _overhead_target(results: dict, modes) -> dict:
         ">=",
         0.95,
         peaks.get(worst) if worst else None,
-        f"ratio of sweep peaks per mode: {peak_text}",
+        f"ratio of sweep peaks per mode: {peak_text}"
+        if peaks
+        else "not measured in this run: no mode ran on the service with and without monitoring",
     )
 
 
@@ -301,10 +426,15 @@ def _cell(point: dict | None, batched: bool) -> str:
 
 
 def sweep_tables(results: dict) -> str:
-    systems = [s for s in SYSTEM_ORDER if s in results["systems"]]
+    """One table per mode, a column per system that ran it."""
     labels = results["config"]["modes"]
     parts = []
     for mode, levels in results["config"]["sweeps"].items():
+        systems = [
+            s for s in SYSTEM_ORDER if mode in results["systems"].get(s, {}).get("modes", {})
+        ]
+        if not systems:
+            continue
         batched = "64" in mode or "256" in mode
         parts.append(f"**{labels[mode]}** — windows/s, then p50 / p90 / p99 ms")
         parts.append("")
@@ -373,6 +503,18 @@ def machine_line(results: dict) -> str:
     )
 
 
+def systems_line(results: dict) -> str:
+    """Which system ran which modes, and which were left out and why."""
+    ran = "; ".join(
+        f"{SHORT[s]}: {', '.join(results['systems'][s]['modes'])}"
+        for s in SYSTEM_ORDER
+        if s in results["systems"]
+    )
+    skipped = results["config"].get("skipped", {})
+    left_out = "".join(f" Left out: {SHORT[s]} ({why})." for s, why in skipped.items())
+    return f"Systems and their modes: {ran}.{left_out}"
+
+
 def markdown(results: dict) -> str:
     c = results["config"]
     return "\n".join(
@@ -389,6 +531,8 @@ def markdown(results: dict) -> str:
             f"{results['wall_seconds']:.0f} s.",
             "",
             f"Machine: {machine_line(results)}",
+            "",
+            systems_line(results),
             "",
             "## Targets",
             "",
@@ -424,7 +568,13 @@ def plot(results: dict, path: Path) -> None:
     cols = 2
     rows = math.ceil(len(modes) / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(12, 4.5 * rows), squeeze=False)
-    colors = dict(zip(SYSTEM_ORDER, ("tab:gray", "tab:red", "tab:blue", "tab:green"), strict=True))
+    colors = dict(
+        zip(
+            SYSTEM_ORDER,
+            ("tab:gray", "tab:red", "tab:blue", "tab:green", "tab:purple", "tab:orange"),
+            strict=True,
+        )
+    )
     from benchmarks.workload import MODES
 
     for ax, mode in zip(axes.flat, modes, strict=False):

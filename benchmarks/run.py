@@ -2,20 +2,23 @@
 
 Order of work:
 
-1. The model ceiling process (``benchmarks.model_ceiling --serve``), the four servers and the
-   client processes start in parallel; the run waits until the ceiling has compiled its buckets
-   and every server reports SERVING.
+1. The model ceiling process (``benchmarks.model_ceiling --serve``), the servers (see
+   :func:`benchmarks.servers.systems`, less those left out with ``--systems``) and the client
+   processes start in parallel; the run waits until the ceiling has compiled its buckets and
+   every server is ready.
 2. For each mode: the model ceiling is measured at that mode's batch size (servers and clients
-   idle), then, for each concurrency level, the four servers are measured back to back (the
-   order rotates from round to round), ``repeats`` rounds in all; each system's round with the
-   median throughput is reported, and every round's throughput is kept beside it. Drift in the
-   load of a shared machine thus hits every system alike, and each ratio compares
-   near-simultaneous measurements. After each point the run waits until the server just
-   measured is idle again. Idle servers sit on their sockets.
-3. Monitoring overhead: for each mode, ``overhead_pairs`` back-to-back pairs of the service
-   with monitoring on and off at the concurrency where monitoring-off peaked, the order within
-   the pair alternating, with the monitoring thread's share of the service's CPU read on each
-   "on" point (see :func:`monitoring_overhead`; the report's figure uses both).
+   idle), then, for each concurrency level, the servers that run the mode (those that speak
+   its protocol: the Open Inference Protocol modes run on the service and the KServe peer) are
+   measured back to back (the order rotates from round to round), ``repeats`` rounds in all;
+   each system's round with the median throughput is reported, and every round's throughput is
+   kept beside it. Drift in the load of a shared machine thus hits every system alike, and
+   each ratio compares near-simultaneous measurements. After each point the run waits until
+   the server just measured is idle again. Idle servers sit on their sockets.
+3. Monitoring overhead: for each mode both service variants ran, ``overhead_pairs``
+   back-to-back pairs of the service with monitoring on and off at the concurrency where
+   monitoring-off peaked, the order within the pair alternating, with the monitoring thread's
+   share of the service's CPU read on each "on" point (see :func:`monitoring_overhead`; the
+   report's figure uses both).
 """
 
 from __future__ import annotations
@@ -24,14 +27,21 @@ import contextlib
 import os
 import statistics
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from benchmarks.load import ClientPool, PointResult
 from benchmarks.machine import machine_info
 from benchmarks.model_ceiling import CeilingProcess
 from benchmarks.report import peak
-from benchmarks.servers import ServerProcess, batching_flags, server_env, systems
+from benchmarks.servers import (
+    SYSTEM_NAMES,
+    ServerProcess,
+    System,
+    batching_flags,
+    server_env,
+    systems,
+)
 from benchmarks.stats import per_second_cv, summarize
 from benchmarks.workload import MODES, held_out, model_shape
 from service.threads import MONITOR_THREAD
@@ -58,10 +68,43 @@ class RunConfig:
     max_batch_size: int | None = None
     repeats: int = 1
     overhead_pairs: int = 0  # paired on/off rounds per mode after the sweeps (0: none)
+    systems: tuple[str, ...] = SYSTEM_NAMES  # the servers to measure, a subset of SYSTEM_NAMES
+    kserve_python: Path | None = None  # the KServe peer's interpreter (needed for "kserve")
+    skipped: dict[str, str] = field(default_factory=dict)  # system left out -> why
 
     def service_flags(self) -> tuple[str, ...]:
         """Batching flags passed to the service (the model ceiling uses the same buckets)."""
         return batching_flags(self.batch_buckets, self.max_batch_size)
+
+    def selected_systems(self, version_dir: Path) -> list[System]:
+        """The servers of this run, in report order."""
+        every = systems(
+            version_dir,
+            naive_workers=self.naive_workers,
+            service_flags=self.service_flags(),
+            kserve_python=self.kserve_python if "kserve" in self.systems else None,
+        )
+        return [system for system in every if system.name in self.systems]
+
+    def points(self, version_dir: Path) -> int:
+        """Measurement points of the sweeps and the monitoring-overhead pairs (for the
+        estimate of the run time)."""
+        chosen = self.selected_systems(version_dir)
+        count = self.repeats * sum(
+            len(levels) * sum(system.runs(mode) for system in chosen)
+            for mode, levels in self.sweeps.items()
+        )
+        return count + 2 * self.overhead_pairs * len(overhead_modes(chosen, self.sweeps))
+
+
+def overhead_modes(chosen: list[System], modes) -> list[str]:
+    """The modes that both the service with monitoring and without run (none when either is
+    left out)."""
+    by_name = {system.name: system for system in chosen}
+    on, off = by_name.get("service"), by_name.get("service_no_monitoring")
+    if on is None or off is None:
+        return []
+    return [mode for mode in modes if on.runs(mode) and off.runs(mode)]
 
 
 def _sleep_until(wall_clock: float) -> None:
@@ -164,7 +207,11 @@ def run(config: RunConfig, *, progress=print) -> dict:
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
         "machine": machine,
         "config": {
-            **{k: v for k, v in asdict(config).items() if k not in ("artifacts", "output_dir")},
+            **{
+                k: v
+                for k, v in asdict(config).items()
+                if k not in ("artifacts", "output_dir", "kserve_python")
+            },
             "artifacts": str(version_dir),
             "sweeps": {m: list(levels) for m, levels in config.sweeps.items()},
             "service_flags": list(config.service_flags()),
@@ -216,11 +263,7 @@ def run(config: RunConfig, *, progress=print) -> dict:
                     cpus=config.server_cpus,
                 )
             )
-            for system in systems(
-                version_dir,
-                naive_workers=config.naive_workers,
-                service_flags=config.service_flags(),
-            )
+            for system in config.selected_systems(version_dir)
         ]
         progress(
             "starting the model ceiling, "
@@ -241,10 +284,18 @@ def run(config: RunConfig, *, progress=print) -> dict:
             results["systems"][system.name] = {
                 "label": system.label,
                 "startup_rss_mib": server.rss_bytes() / 2**20,
-                "modes": {mode: [] for mode in config.sweeps},
+                "modes": {mode: [] for mode in config.sweeps if system.runs(mode)},
             }
         k = 0
         for mode, levels in config.sweeps.items():
+            in_mode = [s for s in servers if s.system.runs(mode)]
+            if not in_mode:
+                progress(f"{mode}: no selected system runs it")
+                continue
+            progress(
+                f"{mode} ({MODES[mode].label}): concurrency {', '.join(map(str, levels))} on "
+                + ", ".join(s.system.name for s in in_mode)
+            )
             for size in ceiling_sizes[mode]:
                 figures = ceiling.measure(size)  # servers and clients idle meanwhile
                 results["model_ceiling"]["by_batch_size"][str(size)] = figures
@@ -253,9 +304,9 @@ def run(config: RunConfig, *, progress=print) -> dict:
                     f"windows/s, p50 {figures['p50_ms']:.2f} ms"
                 )
             for concurrency in levels:
-                rounds: dict[str, list[dict]] = {s.system.name: [] for s in servers}
+                rounds: dict[str, list[dict]] = {s.system.name: [] for s in in_mode}
                 for _ in range(config.repeats):
-                    order = servers[k % len(servers) :] + servers[: k % len(servers)]
+                    order = in_mode[k % len(in_mode) :] + in_mode[: k % len(in_mode)]
                     k += 1
                     for server in order:
                         time.sleep(config.settle)
@@ -264,7 +315,8 @@ def run(config: RunConfig, *, progress=print) -> dict:
                         progress(_progress_line(server.system.name, mode, point))
                 for name, points in rounds.items():
                     results["systems"][name]["modes"][mode].append(median_round(points))
-        if config.overhead_pairs:
+        paired_modes = overhead_modes([s.system for s in servers], config.sweeps)
+        if config.overhead_pairs and paired_modes:
             by_name = {s.system.name: s for s in servers}
             results["monitoring_overhead"] = {
                 mode: monitoring_overhead(
@@ -276,7 +328,7 @@ def run(config: RunConfig, *, progress=print) -> dict:
                     config,
                     progress=progress,
                 )
-                for mode in config.sweeps
+                for mode in paired_modes
             }
         for server in servers:
             results["systems"][server.system.name]["final_rss_mib"] = server.rss_bytes() / 2**20

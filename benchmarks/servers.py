@@ -1,13 +1,17 @@
 """The systems under test, each in its own server process, and what is read from them.
 
 Each server binds ``127.0.0.1:0`` and logs "gRPC listening on ... (port N"; the port is read
-from that line (no probing for a free port). A server counts as ready when gRPC health reports
-SERVING, which the service does only after every batch bucket is compiled. CPU time and RSS
-come from ``/proc/<pid>`` (all threads of the server process).
+from that line (no probing for a free port; the KServe peer reserves its port, see
+``benchmarks.kserve_peer``). A server counts as ready when gRPC health reports SERVING, which the
+service does only after every batch bucket is compiled (with ``--workers``, in every worker),
+or, for the KServe peer, which has no gRPC health, when the Open Inference Protocol's
+ModelReady says so. CPU time and RSS come from ``/proc``, summed over the server's process tree
+(every thread of the server process and of its descendants: a supervisor and its workers).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -15,27 +19,55 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from benchmarks.workload import FORECAST_V1, MODES, OIP_MODEL, OIP_V2
 from service import announce
+from service.api import oip_grpc, oip_pb
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEVICE_LINE = re.compile(r"device: (CPU|GPU)")
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+# The KServe peer's interpreter (`make kserve-venv` creates the environment).
+KSERVE_PYTHON = REPO_ROOT / ".venv-kserve" / "bin" / "python"
+# Every system of the comparison, in report order (see :func:`systems`).
+SYSTEM_NAMES = (
+    "transport_ceiling",
+    "naive",
+    "service",
+    "service_no_monitoring",
+    "service_workers2",
+    "kserve",
+)
+# The modes the second service process count runs in: the single-window unary target's, and
+# the Open Inference Protocol's (the others would add minutes to the run for little news).
+WORKERS2_MODES = ("unary", "oip1", "oip256")
 
 
 @dataclass(frozen=True)
 class System:
-    """A server the bench starts: a name for the results, a label for people, its argv."""
+    """A server the bench starts: a name for the results, a label for people, its argv, and
+    what it can be asked."""
 
     name: str
     label: str
     module_args: tuple[str, ...]
     runs_model: bool = True
+    protocols: tuple[str, ...] = (FORECAST_V1,)  # see benchmarks.workload.Mode.protocol
+    only_modes: tuple[str, ...] | None = None  # None: every mode of its protocols
+    python: str = sys.executable
+    readiness: str = "health"  # "health": gRPC health SERVING; "oip": ModelReady
+
+    def runs(self, mode: str) -> bool:
+        """Whether this system is measured in ``mode``."""
+        return MODES[mode].protocol in self.protocols and (
+            self.only_modes is None or mode in self.only_modes
+        )
 
 
 def service_args(artifacts: Path, *flags: str) -> tuple[str, ...]:
@@ -55,14 +87,41 @@ def service_args(artifacts: Path, *flags: str) -> tuple[str, ...]:
 
 
 def systems(
-    artifacts: Path, *, naive_workers: int, service_flags: tuple[str, ...] = ()
+    artifacts: Path,
+    *,
+    naive_workers: int,
+    service_flags: tuple[str, ...] = (),
+    kserve_python: Path | None = None,
 ) -> list[System]:
-    """The four servers of the comparison, in report order.
+    """The servers of the comparison, in report order (the KServe peer only with
+    ``kserve_python``, the interpreter of its own environment).
 
-    Both service variants export /metrics on a loopback port (scraped by the bench like a
-    Prometheus would); they differ only in ``--monitoring``.
+    The service variants export /metrics on a loopback port (scraped by the bench like a
+    Prometheus would). The two with one process differ only in ``--monitoring``; the one with
+    ``--workers 2`` has monitoring on and runs only :data:`WORKERS2_MODES`. The service with
+    monitoring on and the KServe peer answer the Open Inference Protocol modes too.
     """
     service = service_args(artifacts, *service_flags)
+    peer = (
+        [
+            System(
+                "kserve",
+                "KServe ModelServer (kserve 0.21, same model in a tf.function)",
+                (
+                    "benchmarks.kserve_peer",
+                    "--artifacts",
+                    str(artifacts),
+                    "--model-name",
+                    OIP_MODEL,
+                ),
+                protocols=(OIP_V2,),
+                python=str(kserve_python),
+                readiness="oip",
+            )
+        ]
+        if kserve_python is not None
+        else []
+    )
     return [
         System(
             "transport_ceiling",
@@ -81,10 +140,23 @@ def systems(
                 str(naive_workers),
             ),
         ),
-        System("service", "service, monitoring on", (*service, "--monitoring", "true")),
+        System(
+            "service",
+            "service, monitoring on",
+            (*service, "--monitoring", "true"),
+            protocols=(FORECAST_V1, OIP_V2),
+        ),
         System(
             "service_no_monitoring", "service, monitoring off", (*service, "--monitoring", "false")
         ),
+        System(
+            "service_workers2",
+            "service --workers 2, monitoring on",
+            (*service, "--monitoring", "true", "--workers", "2"),
+            protocols=(FORECAST_V1, OIP_V2),
+            only_modes=WORKERS2_MODES,
+        ),
+        *peer,
     ]
 
 
@@ -109,10 +181,90 @@ def server_env(device: str) -> dict[str, str]:
     return env
 
 
+# Over a process tree, a process or thread that ends meanwhile drops out of the sums (the
+# service's workers live as long as their supervisor).
+_GONE = (FileNotFoundError, ProcessLookupError)
+
+
+def _stat_fields(stat: Path) -> list[str]:
+    """The fields of a /proc ``stat`` file after the command name, from ``state`` on."""
+    return stat.read_text().rsplit(")", 1)[1].split()
+
+
 def _cpu_seconds(stat: Path) -> float:
     """User + system CPU time from a /proc ``stat`` file (a process's or one thread's)."""
-    fields = stat.read_text().rsplit(")", 1)[1].split()
+    fields = _stat_fields(stat)
     return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+
+def process_tree(pid: int, proc: Path = Path("/proc")) -> list[int]:
+    """``pid`` and every live descendant of it, parents first (parent ids read from each
+    process's ``stat``: this kernel has no ``/proc/<pid>/task/<tid>/children``)."""
+    children: dict[int, list[int]] = {}
+    for entry in proc.iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            parent = int(_stat_fields(entry / "stat")[1])
+        except (*_GONE, IndexError, ValueError):
+            continue  # it ended meanwhile
+        children.setdefault(parent, []).append(int(entry.name))
+    tree, k = [pid], 0
+    while k < len(tree):
+        tree += sorted(children.get(tree[k], ()))
+        k += 1
+    return tree
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """User + system CPU time so far of ``pid`` and its descendants, every thread."""
+    total = 0.0
+    for p in process_tree(pid):
+        with contextlib.suppress(*_GONE):
+            total += _cpu_seconds(Path(f"/proc/{p}/stat"))
+    return total
+
+
+def tree_thread_cpu_seconds(pid: int) -> dict[str, float]:
+    """User + system CPU time so far per OS thread name over ``pid`` and its descendants."""
+    by_name: dict[str, float] = {}
+    for p in process_tree(pid):
+        with contextlib.suppress(*_GONE):
+            for task in list(Path(f"/proc/{p}/task").iterdir()):
+                with contextlib.suppress(*_GONE):
+                    name = (task / "comm").read_text().strip()
+                    by_name[name] = by_name.get(name, 0.0) + _cpu_seconds(task / "stat")
+    return by_name
+
+
+def tree_rss_bytes(pid: int) -> int:
+    """VmRSS summed over ``pid`` and its descendants."""
+    total = 0
+    for p in process_tree(pid):
+        with contextlib.suppress(*_GONE):
+            for line in Path(f"/proc/{p}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):  # a zombie has none
+                    total += int(line.split()[1]) * 1024
+    return total
+
+
+def _serving(channel: grpc.Channel) -> Callable[[], bool]:
+    stub = health_pb2_grpc.HealthStub(channel)
+
+    def ready() -> bool:
+        response = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=5)
+        return response.status == health_pb2.HealthCheckResponse.SERVING
+
+    return ready
+
+
+def _model_ready(channel: grpc.Channel) -> Callable[[], bool]:
+    stub = oip_grpc.GRPCInferenceServiceStub(channel)
+
+    def ready() -> bool:
+        return stub.ModelReady(oip_pb.ModelReadyRequest(name=OIP_MODEL), timeout=5).ready
+
+    return ready
 
 
 class ServerError(RuntimeError):
@@ -137,7 +289,7 @@ class ServerProcess:
         self._log = log_path.open("wb")
         preexec = (lambda: os.sched_setaffinity(0, cpus)) if cpus else None
         self.process = subprocess.Popen(
-            [sys.executable, "-m", *system.module_args],
+            [system.python, "-m", *system.module_args],
             cwd=REPO_ROOT,
             env=env,
             stdin=subprocess.DEVNULL,
@@ -199,37 +351,29 @@ class ServerProcess:
     def _wait_until_serving(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
         with grpc.insecure_channel(self.target) as channel:
-            stub = health_pb2_grpc.HealthStub(channel)
+            ready = _model_ready(channel) if self.system.readiness == "oip" else _serving(channel)
             while time.monotonic() < deadline:
                 if self.process.poll() is not None:
                     raise ServerError(
                         f"{self.system.name} exited while warming up:\n" + self._tail()
                     )
                 try:
-                    response = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=5)
-                    if response.status == health_pb2.HealthCheckResponse.SERVING:
+                    if ready():
                         return
                 except grpc.RpcError:
                     pass
                 time.sleep(0.1)
-        raise ServerError(f"{self.system.name} did not report SERVING within {timeout:.0f}s")
+        raise ServerError(f"{self.system.name} did not report ready within {timeout:.0f}s")
 
     def cpu_seconds(self) -> float:
-        """User + system CPU time of every thread so far."""
-        return _cpu_seconds(Path(f"/proc/{self.pid}/stat"))
+        """User + system CPU time so far of every thread of the process tree."""
+        return tree_cpu_seconds(self.pid)
 
     def thread_cpu_seconds(self) -> dict[str, float]:
-        """User + system CPU time so far per OS thread name (threads of one name summed; the
-        service names its model and monitoring threads, see ``service.threads``)."""
-        by_name: dict[str, float] = {}
-        for task in Path(f"/proc/{self.pid}/task").iterdir():
-            try:
-                name = (task / "comm").read_text().strip()
-                seconds = _cpu_seconds(task / "stat")
-            except (FileNotFoundError, ProcessLookupError):  # the thread ended meanwhile
-                continue
-            by_name[name] = by_name.get(name, 0.0) + seconds
-        return by_name
+        """User + system CPU time so far per OS thread name over the process tree (threads of
+        one name summed, in one worker and over workers; the service names its model and
+        monitoring threads, see ``service.threads``)."""
+        return tree_thread_cpu_seconds(self.pid)
 
     def wait_idle(
         self, *, below_cores: float = 0.1, step: float = 0.25, limit: float = 30.0
@@ -247,10 +391,9 @@ class ServerProcess:
         return time.monotonic() - started
 
     def rss_bytes(self) -> int:
-        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-        raise ServerError(f"no VmRSS for pid {self.pid}")
+        """Resident memory summed over the process tree (pages two processes share count
+        once per process)."""
+        return tree_rss_bytes(self.pid)
 
     def scrape(self) -> dict[str, float]:
         """The service's /metrics samples as {name{labels}: value} ({} without an endpoint)."""

@@ -1,7 +1,8 @@
 """What the load generator sends: the served version's held-out windows, as serialized requests.
 
-Every system under test gets byte-for-byte the same request payloads. Nothing here imports
-TensorFlow, so the orchestrator and the client processes stay light.
+Every system under test that serves a mode's protocol gets byte-for-byte the same request
+payloads. Nothing here imports TensorFlow, so the orchestrator and the client processes stay
+light.
 """
 
 from __future__ import annotations
@@ -11,21 +12,32 @@ from pathlib import Path
 
 import numpy as np
 
-from service.api import pb
+from service.api import oip_pb, pb
 from service.client import request_from_windows
 from training.artifacts import resolve_version_dir
 from training.manifest import Manifest
 from training.replay import NotSyntheticError, manifest_held_out_windows
 
+# The two APIs a system can serve: the service's own, and the Open Inference Protocol (v2).
+FORECAST_V1 = "forecast.v1"
+OIP_V2 = "oip.v2"
+# The model as the Open Inference Protocol names it (the service's default --model-name, and
+# the KServe peer's), its one input and its point-forecast output.
+OIP_MODEL = "forecast"
+OIP_INPUT = "windows"
+OIP_OUTPUT = "forecast"
+OIP_DATATYPE = "FP32"
+
 
 @dataclass(frozen=True)
 class Mode:
-    """One way of calling the service."""
+    """One way of calling a server."""
 
     name: str
-    rpc: str  # "unary" (Forecast) or "stream" (StreamForecast)
+    rpc: str  # "unary" (one request, one answer) or "stream" (StreamForecast)
     windows_per_request: int
     label: str
+    protocol: str = FORECAST_V1  # FORECAST_V1: Forecast / StreamForecast; OIP_V2: ModelInfer
 
 
 MODES: dict[str, Mode] = {
@@ -35,6 +47,8 @@ MODES: dict[str, Mode] = {
         Mode("batch64", "unary", 64, "Forecast, 64 windows/request"),
         Mode("batch256", "unary", 256, "Forecast, 256 windows/request"),
         Mode("stream", "stream", 1, "StreamForecast, 1 window/message"),
+        Mode("oip1", "unary", 1, "OIP v2 ModelInfer, 1 window/request", OIP_V2),
+        Mode("oip256", "unary", 256, "OIP v2 ModelInfer, 256 windows/request", OIP_V2),
     )
 }
 
@@ -82,11 +96,38 @@ def batches(windows: np.ndarray, per_request: int) -> list[np.ndarray]:
     return [windows[np.arange(i * per_request, (i + 1) * per_request) % n] for i in range(count)]
 
 
-def payloads(windows: np.ndarray, per_request: int) -> list[bytes]:
-    """Serialized ``ForecastRequest`` messages, built with the service's own client code."""
-    return [
-        request_from_windows(batch).SerializeToString() for batch in batches(windows, per_request)
-    ]
+def payloads(windows: np.ndarray, per_request: int, protocol: str = FORECAST_V1) -> list[bytes]:
+    """Serialized requests: ``ForecastRequest`` messages, built with the service's own client
+    code, or ``ModelInferRequest`` messages (:func:`infer_request`)."""
+    build = request_from_windows if protocol == FORECAST_V1 else infer_request
+    return [build(batch).SerializeToString() for batch in batches(windows, per_request)]
+
+
+def infer_request(windows: np.ndarray) -> oip_pb.ModelInferRequest:
+    """One Open Inference Protocol request for ``windows`` ``[n, window, F]``: the input as
+    row-major little-endian FP32 bytes in ``raw_input_contents``, as tritonclient sends it."""
+    tensor = oip_pb.ModelInferRequest.InferInputTensor(
+        name=OIP_INPUT, datatype=OIP_DATATYPE, shape=list(windows.shape)
+    )
+    return oip_pb.ModelInferRequest(
+        model_name=OIP_MODEL,
+        inputs=[tensor],
+        raw_input_contents=[np.ascontiguousarray(windows, dtype="<f4").tobytes()],
+    )
+
+
+def infer_forecasts(response: oip_pb.ModelInferResponse) -> np.ndarray | None:
+    """The ``forecast`` output of a ``ModelInferResponse`` as ``[n, horizon]`` float32, or None
+    when the response does not carry it as one FP32 tensor in ``raw_output_contents``."""
+    names = [output.name for output in response.outputs]
+    if OIP_OUTPUT not in names or len(response.raw_output_contents) != len(names):
+        return None
+    k = names.index(OIP_OUTPUT)
+    output, raw = response.outputs[k], response.raw_output_contents[k]
+    shape = list(output.shape)
+    if output.datatype != OIP_DATATYPE or len(shape) != 2 or len(raw) != 4 * shape[0] * shape[1]:
+        return None
+    return np.frombuffer(raw, dtype="<f4").reshape(shape)
 
 
 # Series each lane cycles through, for every position of a request: a unary lane sends its 8
