@@ -54,7 +54,7 @@ def measure(version: Path, windows: np.ndarray, log_path: Path, timeout: float) 
         "service",
         "service",
         ("service", "--artifacts", str(version), "--address", "127.0.0.1:0",
-         "--metrics-address", "127.0.0.1", "--metrics-port", "0"),
+         "--metrics-address", "127.0.0.1", "--metrics-port", "0", "--workers", "1"),
     )  # fmt: skip
     flat = np.asarray(windows, np.float32).reshape(len(windows), -1).tolist()
     curve: list[tuple[int, float]] = []

@@ -138,7 +138,7 @@ class Service:
         self._handle = log.open("wb")
         self.process = subprocess.Popen(
             [sys.executable, "-m", "service", "--artifacts", str(base)]
-            + ["--address", "127.0.0.1:0", "--metrics-port", "-1", *flags],
+            + ["--address", "127.0.0.1:0", "--metrics-port", "-1", "--workers", "1", *flags],
             cwd=REPO,
             stdout=subprocess.DEVNULL,
             stderr=self._handle,

@@ -58,6 +58,12 @@ class Settings:
         "promote a new version as soon as it is loaded and compiled, without shadow "
         "evaluation (off: with no traffic a candidate waits)",
     )
+    workers: int = _setting(
+        0,
+        "serving processes sharing the gRPC port (SO_REUSEPORT), each with its own event loop, "
+        "batcher, model and detectors, behind one /metrics; 0 = one per usable core (CPU "
+        "affinity and cgroup quota), at most one per GiB of available memory; 1 = one process",
+    )
     address: str = _setting("0.0.0.0:50051", "gRPC listen address (host:port; port 0 = any)")
     model_name: str = _setting(
         "forecast",
@@ -134,6 +140,8 @@ class Settings:
 
     def validate(self) -> None:
         """Raise ValueError with a one-line message on inconsistent settings."""
+        if self.workers < 0:
+            raise ValueError("--workers must be >= 0 (0 = one per usable core)")
         if self.max_batch_size < 1:
             raise ValueError("--max-batch-size must be >= 1")
         if max(self.batch_buckets) < self.max_batch_size:

@@ -34,6 +34,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 
@@ -117,6 +118,34 @@ Tracker = Callable[[], RealizedAccuracy | None]
 OnSwitch = Callable[[ServingModel, ServingModel], None]
 
 
+class PeerVerdict(Protocol):
+    @property
+    def promote(self) -> bool: ...
+    @property
+    def reason(self) -> str: ...
+    @property
+    def detail(self) -> str: ...
+    @property
+    def worker(self) -> int: ...
+
+
+class InstancePeers(Protocol):
+    """The other worker processes of the instance (:mod:`service.workers`): a verdict on a
+    candidate and an operator's switch are the instance's, not one worker's."""
+
+    def verdict(self, version: str) -> PeerVerdict | None:
+        """Another worker's verdict on ``version``, if one was reached."""
+
+    def publish_verdict(
+        self, version: str, promote: bool, reason: str, detail: str
+    ) -> tuple[PeerVerdict, bool]:
+        """This worker's verdict, unless another's came first: returns the instance's, and
+        whether it is this worker's."""
+
+    def publish_switch(self, version: str) -> int:
+        """Have every worker serve ``version``."""
+
+
 class ModelLifecycle:
     def __init__(
         self,
@@ -127,8 +156,10 @@ class ModelLifecycle:
         tracker: Tracker,
         on_switch: OnSwitch,
         metrics: LifecycleMetrics | None = None,
+        peers: InstancePeers | None = None,
     ) -> None:
         self.serving = serving
+        self.peers = peers
         self.settings = settings
         self._build = build
         self._tracker = tracker
@@ -260,6 +291,14 @@ class ModelLifecycle:
     # ---- the candidate -------------------------------------------------------------------
 
     def _start_candidate(self, path: Path) -> None:
+        peer = self.peers.verdict(path.name) if self.peers is not None else None
+        if peer is not None and not peer.promote:
+            self._records[path.name].status = REJECTED
+            self._records[path.name].reason = f"{peer.reason}: {peer.detail}"
+            log.info(
+                "version %s was rejected by worker %d (%s)", path.name, peer.worker, peer.reason
+            )
+            return
         if self._candidate_name is not None:
             log.info("version %s replaces candidate %s", path.name, self._candidate_name)
             self._abandon_candidate()
@@ -290,6 +329,8 @@ class ModelLifecycle:
             return
         log.info("candidate %s: warm in %.1fs", name, self._loop.time() - started)
         self._candidate = model
+        if self.adopt_peer_verdict():
+            return
         if self.settings.promote_without_traffic:
             await self._promote(model, "warm", "promoted once warm (--promote-without-traffic)")
             return
@@ -337,35 +378,62 @@ class ModelLifecycle:
             raise VersionUnusable(f"{path}: {problem}", "incompatible")
         return self._build(artifacts)
 
+    def adopt_peer_verdict(self) -> bool:
+        """Apply another worker's verdict on the candidate, if there is one (workers only)."""
+        model = self._candidate
+        if self.peers is None or model is None or self._closed:
+            return False
+        peer = self.peers.verdict(model.version)
+        if peer is None:
+            return False
+        detail = f"{peer.detail} (verdict of worker {peer.worker})"
+        self._apply_verdict(model, peer.promote, peer.reason, detail, counted=False)
+        return True
+
     def _on_verdict(self, model: ServingModel, verdict: Verdict) -> None:
         if self._candidate is not model or self._closed:
             return
-        if verdict.promote:
-            task = asyncio.create_task(self._promote(model, "shadow", verdict.detail))
+        promote, reason, detail, counted = verdict.promote, verdict.reason, verdict.detail, True
+        if self.peers is not None:
+            decided, counted = self.peers.publish_verdict(model.version, promote, reason, detail)
+            promote, reason, detail = decided.promote, decided.reason, decided.detail
+            if not counted:
+                detail = f"{detail} (verdict of worker {decided.worker})"
+        self._apply_verdict(model, promote, reason, detail, counted=counted)
+
+    def _apply_verdict(
+        self, model: ServingModel, promote: bool, reason: str, detail: str, *, counted: bool
+    ) -> None:
+        """Promote or reject the candidate. ``counted``: this worker reached the verdict, and
+        counts it in the metrics (a verdict adopted from another worker is counted there)."""
+        if promote:
+            task = asyncio.create_task(self._promote(model, "shadow", detail, counted=counted))
             self._loading = task
             return
-        if self._metrics is not None:
+        if self._metrics is not None and counted:
             self._metrics.promotions.labels("rejected").inc()
-            self._metrics.rejections.labels(verdict.reason).inc()
+            self._metrics.rejections.labels(reason).inc()
         log.warning(
             "candidate %s rejected (%s): %s; still serving %s",
             model.version,
-            verdict.reason,
-            verdict.detail,
+            reason,
+            detail,
             self.serving.version,
         )
         record = self._records.get(model.version)
         self._end_candidate()
         if record is not None:
-            record.status, record.reason = REJECTED, f"{verdict.reason}: {verdict.detail}"
+            record.status, record.reason = REJECTED, f"{reason}: {detail}"
 
-    async def _promote(self, model: ServingModel, trigger: str, detail: str) -> None:
+    async def _promote(
+        self, model: ServingModel, trigger: str, detail: str, *, counted: bool = True
+    ) -> None:
         async with self._switching:
             if self._candidate is not model or self._closed:
                 return
             self._end_candidate()
             self._switch(model, trigger, detail)
-            if self._metrics is not None:
+            if self._metrics is not None and counted:
                 self._metrics.promotions.labels("promoted").inc()
 
     def _end_candidate(self) -> None:
@@ -404,8 +472,15 @@ class ModelLifecycle:
             "now serving %s (was %s; %s): %s", model.version, previous.version, trigger, detail
         )
 
-    async def set_serving_version(self, version: str) -> tuple[str, str]:
-        """Serve ``version`` now, without shadow evaluation. Returns (new, previous)."""
+    async def set_serving_version(self, version: str, *, broadcast: bool = True) -> tuple[str, str]:
+        """Serve ``version`` now, without shadow evaluation. Returns (new, previous). With
+        peers (several workers) and ``broadcast``, every worker switches too."""
+        new, previous = await self._set_serving_version(version)
+        if self.peers is not None and broadcast:
+            self.peers.publish_switch(new)
+        return new, previous
+
+    async def _set_serving_version(self, version: str) -> tuple[str, str]:
         async with self._switching:
             previous = self.serving.version
             if version == previous:
@@ -445,12 +520,20 @@ class ModelLifecycle:
 # -------------------------------------------------------------------------------------------
 
 
-def load_newest_valid(path: Path) -> Artifacts:
+def load_newest_valid(path: Path, *, prefer: str | None = None) -> Artifacts:
     """The version to serve first: ``path`` itself when it is a version directory, else the
     newest version under it that loads; newer ones that do not are logged and skipped (the
-    watcher counts them). Raises the newest's ArtifactError when none loads."""
+    watcher counts them). Raises the newest's ArtifactError when none loads.
+
+    ``prefer``: a version under ``path`` to serve instead if it loads (the version the other
+    workers of the instance serve, for a worker started again)."""
     if (path / MANIFEST_FILE).is_file() or not path.is_dir():
         return load_artifacts(path)
+    if prefer is not None and (path / prefer / MANIFEST_FILE).is_file():
+        try:
+            return load_artifacts(path / prefer)
+        except ArtifactError as exc:
+            log.warning("cannot serve %s, the version the other workers serve: %s", prefer, exc)
     first_error: ArtifactError | None = None
     for version_dir in reversed(list_versions(path)):
         try:

@@ -55,9 +55,10 @@ from service.core import ForecastCore
 from service.drain import Drain, DrainInterceptor, exit_process, finish_calls, margin_seconds
 from service.errors import Recorder, StatusInterceptor
 from service.forecaster import BatchResult, Forecaster
-from service.lifecycle import LifecycleSettings, ModelLifecycle, ServingModel
+from service.lifecycle import InstancePeers, LifecycleSettings, ModelLifecycle, ServingModel
 from service.protocols.oip_v2 import InferenceServicer
 from service.servicer import ForecastServicer, model_info
+from service.workers import WorkerContext, WorkerLink, WorkerPeers
 from training.artifacts import Artifacts
 from training.intervals import REPORTED_LEVELS
 from training.manifest import MANIFEST_FILE
@@ -81,12 +82,18 @@ class ServingHealth:
 
     The Open Inference Protocol's ServerReady and ModelReady report the same two statuses
     (:meth:`is_serving`).
+
+    In a worker of several (:mod:`service.workers`), both also wait for every worker to be warm,
+    and with ``unready`` any worker's collapse counts (:meth:`on_peers`).
     """
 
     def __init__(self, *, collapse_unready: bool) -> None:
         self.servicer = health.aio.HealthServicer()
         self.collapse_unready = collapse_unready
         self.collapsed = False  # the collapse detector's state, as last reported
+        self.warm = False
+        self.peers_warm = True  # every other worker of the instance is warm (or there is none)
+        self.peer_collapsed = False  # some worker of the instance has collapsed
         self.draining = False
         self._loop = asyncio.get_running_loop()
         self._updates: set[asyncio.Task[None]] = set()  # referenced until done
@@ -107,10 +114,23 @@ class ServingHealth:
 
     async def warmed_up(self) -> None:
         """SERVING, except the forecast service while collapsed (with ``unready``)."""
+        self.warm = True
+        await self._apply()
+
+    async def on_peers(self, all_warm: bool, any_collapsed: bool) -> None:
+        """The instance's other workers, as they last reported (a worker's link calls this)."""
+        if (all_warm, any_collapsed) == (self.peers_warm, self.peer_collapsed):
+            return
+        self.peers_warm, self.peer_collapsed = all_warm, any_collapsed
+        await self._apply()
+
+    async def _apply(self) -> None:
         if self.draining:
             return
-        await self.set_serving(True, ("",))
-        await self.set_serving(not (self.collapse_unready and self.collapsed), (SERVICE_NAME,))
+        ready = self.warm and self.peers_warm
+        collapsed = self.collapse_unready and (self.collapsed or self.peer_collapsed)
+        await self.set_serving(ready, ("",))
+        await self.set_serving(ready and not collapsed, (SERVICE_NAME,))
 
     def on_collapse_change(self, collapsed: bool) -> None:
         """Called on the monitoring thread, in the order of the transitions; the health
@@ -138,7 +158,7 @@ class ServingHealth:
             SERVICE_NAME,
             "NOT_SERVING" if collapsed else "SERVING",
         )
-        await self.set_serving(not collapsed, (SERVICE_NAME,))
+        await self._apply()
 
 
 @dataclass
@@ -196,6 +216,7 @@ async def create_server(
     device: str = "CPU",
     observers: tuple[BatchObserver, ...] = (),
     registry: CollectorRegistry | None = None,
+    peers: InstancePeers | None = None,
 ) -> RunningServer:
     """Build, bind and start the server (health NOT_SERVING until :meth:`RunningServer.warm_up`).
 
@@ -205,6 +226,8 @@ async def create_server(
     realized-accuracy counters) are registered on it. ``observers`` also see every batch.
     ``artifacts`` is the version served first; with ``settings.artifacts`` a base directory,
     versions published there later are evaluated and promoted (:mod:`service.lifecycle`).
+    With ``peers`` the server is one worker of several (:mod:`service.workers`): it shares its
+    port (``SO_REUSEPORT``), its verdicts on candidates and its admin switches.
     """
     status = ServingHealth(collapse_unready=settings.on_collapse == "unready")
     queue = WindowQueue(settings.max_queue_windows)
@@ -217,6 +240,7 @@ async def create_server(
         tracker=lambda: _realized_tracker(settings, lifecycle.serving.artifacts),
         on_switch=lambda previous, new: _on_switch(new, metrics, status, device),
         metrics=LifecycleMetrics(registry) if registry is not None else None,
+        peers=peers,
     )
     models.lifecycle = lifecycle
     if registry is not None:
@@ -231,7 +255,8 @@ async def create_server(
         on_idle=_idle_hook(lifecycle, realized),
     )
     drain = Drain()
-    server = _grpc_server(settings, _rpc_recorder(metrics) if metrics is not None else None, drain)
+    record = _rpc_recorder(metrics) if metrics is not None else None
+    server = _grpc_server(settings, record, drain, reuse_port=peers is not None)
     _add_services(server, settings, lifecycle, batcher, status, realized)
     port, security = _bind(server, settings)
     running = RunningServer(server, port, status, batcher, lifecycle, realized, drain=drain)
@@ -243,30 +268,68 @@ async def create_server(
     return running
 
 
-async def serve(settings: Settings, artifacts: Artifacts, *, device: str) -> NoReturn:
+async def serve(
+    settings: Settings, artifacts: Artifacts, *, device: str, worker: WorkerContext | None = None
+) -> NoReturn:
     """Run until SIGTERM/SIGINT, then drain within the grace period and end the process with
-    exit code 0."""
-    registry = CollectorRegistry()
-    running = await create_server(settings, artifacts, device=device, registry=registry)
-    metrics_server = None
-    if settings.metrics_port >= 0:
-        metrics_server, metrics_port = start_metrics_server(
-            registry, settings.metrics_address, settings.metrics_port
-        )
-        log.info(METRICS_LISTENING, settings.metrics_address, metrics_port)
+    exit code 0. As one ``worker`` of several, /metrics goes to a private loopback port that
+    the supervisor merges, and the state is shared with the other workers."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    registry = CollectorRegistry()
+    peers = WorkerPeers(worker) if worker is not None else None
+    running = await create_server(
+        settings, artifacts, device=device, registry=registry, peers=peers
+    )
+    metrics_server, metrics_port = None, -1
+    if settings.metrics_port >= 0:
+        address, port = (
+            ("127.0.0.1", 0)
+            if worker is not None
+            else (settings.metrics_address, settings.metrics_port)
+        )
+        metrics_server, metrics_port = start_metrics_server(registry, address, port)
+        if worker is None:
+            log.info(METRICS_LISTENING, address, metrics_port)
+    link = _worker_link(worker, running, metrics_port) if worker is not None else None
     warm = asyncio.create_task(running.warm_up())
     await stop.wait()
     log.info("shutdown requested: NOT_SERVING, draining for up to %.1fs", settings.grace_seconds)
     warm.cancel()
     await running.finish(settings.grace_seconds)
+    if link is not None:
+        await link.close()
     if metrics_server is not None:
         metrics_server.shutdown()
     log.info("drained; exiting")
     exit_process()  # not server.stop(): it would cancel the calls that race it
+
+
+def _worker_link(worker: WorkerContext, running: RunningServer, metrics_port: int) -> WorkerLink:
+    """Share this worker's state with the instance, and follow the instance's."""
+
+    def own_state() -> tuple[bool, bool, str, bool]:
+        monitor = running.monitor
+        collapsed = monitor is not None and monitor.collapse.collapsed
+        status = running.status
+        return status.warm, collapsed, running.lifecycle.serving.version, status.draining
+
+    async def switch_to(version: str) -> object:
+        return await running.lifecycle.set_serving_version(version, broadcast=False)
+
+    link = WorkerLink(
+        worker,
+        port=running.port,
+        metrics_port=metrics_port,
+        own_state=own_state,
+        on_peers=running.status.on_peers,
+        adopt_verdict=running.lifecycle.adopt_peer_verdict,
+        switch_to=switch_to,
+    )
+    link.start()
+    return link
 
 
 # -------------------------------------------------------------------------------------------
@@ -473,7 +536,9 @@ def _rpc_recorder(metrics: ServingMetrics) -> Recorder:
     return record
 
 
-def _grpc_server(settings: Settings, record: Recorder | None, drain: Drain) -> grpc.aio.Server:
+def _grpc_server(
+    settings: Settings, record: Recorder | None, drain: Drain, *, reuse_port: bool
+) -> grpc.aio.Server:
     # Outermost first: drain refusals go through the status mapping and the request metrics.
     interceptors: list[grpc.aio.ServerInterceptor] = [
         StatusInterceptor(record),
@@ -488,7 +553,8 @@ def _grpc_server(settings: Settings, record: Recorder | None, drain: Drain) -> g
         options=[
             ("grpc.max_receive_message_length", settings.max_message_bytes),
             ("grpc.max_send_message_length", settings.max_message_bytes),
-            ("grpc.so_reuseport", 0),
+            # Only workers of one instance share a port; a lone server's port stays its own.
+            ("grpc.so_reuseport", 1 if reuse_port else 0),
         ],
         maximum_concurrent_rpcs=settings.max_concurrent_rpcs or None,
     )

@@ -64,6 +64,8 @@ def _command(artifacts: Path, flags: tuple[str, ...], *, address: str, metrics: 
         "--address",
         address,
         *metrics_flags,
+        "--workers",  # one process unless a test asks for more (the default is one per core)
+        "1",
         *flags,  # last: a flag given here wins over the ones above
     ]
 

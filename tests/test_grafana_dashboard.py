@@ -39,7 +39,7 @@ SUFFICIENT_STATISTICS = ("values", "positive_sum", "negative_sum", "squares")
 # Panel title -> metric families its expressions must read.
 REQUIRED_PANELS = {
     "Request rate by code": {"forecast_requests"},
-    "Latency percentiles (Forecast)": {"forecast_request_duration_seconds"},
+    "Latency percentiles (Forecast, ModelInfer)": {"forecast_request_duration_seconds"},
     "Batch size": {"forecast_batch_size"},
     "Queue depth": {"forecast_queue_depth"},
     "Variance ratio and responsiveness": {
@@ -196,7 +196,9 @@ def test_required_panels_show_their_metrics(dashboard: dict, service_series: dic
 
 
 def test_latency_panel_shows_p50_p90_p99(dashboard: dict):
-    (panel,) = [p for p in panels(dashboard) if p["title"] == "Latency percentiles (Forecast)"]
+    (panel,) = [
+        p for p in panels(dashboard) if p["title"] == "Latency percentiles (Forecast, ModelInfer)"
+    ]
     quantiles = {
         _matched(re.compile(r"\s*histogram_quantile\(([\d.]+),"), target["expr"]).group(1)
         for target in panel["targets"]

@@ -12,6 +12,8 @@ import asyncio
 import datetime
 import ipaddress
 import sys
+import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -213,3 +215,58 @@ def flip_byte(path: Path) -> None:
     data = bytearray(path.read_bytes())
     data[len(data) // 2] ^= 0xFF
     path.write_bytes(bytes(data))
+
+
+# -------------------------------------------------------------------------------------------
+# Load from client threads
+# -------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Call:
+    started: float  # time.monotonic()
+    ended: float
+    code: grpc.StatusCode
+    details: str
+    answer: object = None  # the call's response, when OK
+
+
+class Load:
+    """``clients`` threads calling back to back until the ``with`` block ends, each through a
+    ``make_client()`` of its own; ``call(client)`` makes one call. Every call is recorded."""
+
+    def __init__(self, clients: int, make_client, call) -> None:
+        self.calls: list[Call] = []
+        self._make_client = make_client
+        self._call = call
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._threads = [threading.Thread(target=self._run) for _ in range(clients)]
+
+    def _run(self) -> None:
+        with self._make_client() as client:
+            while not self._stop.is_set():
+                started = time.monotonic()
+                answer = None
+                try:
+                    answer = self._call(client)
+                    code, details = grpc.StatusCode.OK, ""
+                except grpc.RpcError as error:
+                    code, details = error.code(), error.details() or ""
+                with self._lock:
+                    self.calls.append(Call(started, time.monotonic(), code, details, answer))
+
+    def __enter__(self) -> Load:
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(timeout=60)
+
+
+def own_channel(target: str) -> grpc.Channel:
+    """A channel with a connection of its own (channels in one process share them otherwise)."""
+    return grpc.insecure_channel(target, options=[("grpc.use_local_subchannel_pool", 1)])

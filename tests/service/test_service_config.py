@@ -154,3 +154,31 @@ def test_settings_reject_request_limit_above_queue_limit(capsys):
 
     assert exc.value.code == 2
     assert "cannot exceed --max-queue-windows" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("cores", "memory_gib", "expected"),
+    [
+        (2, 23.5, 2),  # this machine: one per core
+        (16, 4.5, 4),  # a 16-core node in a pod limited to 4.5 GiB: memory decides
+        (4, 0.5, 1),  # never fewer than one
+        (8, 0.0, 8),  # memory unknown: cores decide
+    ],
+)
+def test_automatic_worker_count_is_cores_capped_by_memory(cores, memory_gib, expected):
+    from service.workers import auto_workers
+
+    count, reason = auto_workers(cores, int(memory_gib * 2**30))
+
+    assert count == expected
+    assert f"{cores} usable core(s)" in reason
+
+
+def test_workers_flag_is_validated_and_has_an_env_twin(capsys):
+    assert load_settings(["--workers", "3"], env={}).workers == 3
+    assert load_settings([], env={"FORECAST_WORKERS": "1"}).workers == 1
+    assert load_settings([], env={}).workers == 0  # automatic
+    with pytest.raises(SystemExit) as exit_info:
+        load_settings(["--workers", "-1"], env={})
+    assert exit_info.value.code == 2
+    assert "--workers must be >= 0" in capsys.readouterr().err

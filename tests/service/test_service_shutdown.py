@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import queue
+import re
 import shutil
 import threading
 import time
@@ -18,7 +19,7 @@ import grpc
 import numpy as np
 import pytest
 from service_process import ServiceProcess
-from service_testkit import read_stream, start_server, target_of
+from service_testkit import Call, Load, own_channel, read_stream, start_server, target_of
 
 from service.api import pb, pb_grpc
 from service.client import ForecastClient, forecasts_from_response, request_from_windows
@@ -148,54 +149,6 @@ def test_sigterm_on_idle_server_exits_zero_promptly(service_process):
 # -------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Call:
-    started: float  # time.monotonic()
-    ended: float
-    code: grpc.StatusCode
-    details: str
-
-
-class Load:
-    """``clients`` threads calling back to back until the ``with`` block ends, each through a
-    ``make_client()`` of its own; ``call(client)`` makes one call. Every call is recorded."""
-
-    def __init__(self, clients: int, make_client, call) -> None:
-        self.calls: list[Call] = []
-        self._make_client = make_client
-        self._call = call
-        self._stop = threading.Event()
-        self._lock = threading.Lock()
-        self._threads = [threading.Thread(target=self._run) for _ in range(clients)]
-
-    def _run(self) -> None:
-        with self._make_client() as client:
-            while not self._stop.is_set():
-                started = time.monotonic()
-                try:
-                    self._call(client)
-                    code, details = OK, ""
-                except grpc.RpcError as error:
-                    code, details = error.code(), error.details() or ""
-                with self._lock:
-                    self.calls.append(Call(started, time.monotonic(), code, details))
-
-    def __enter__(self) -> Load:
-        for thread in self._threads:
-            thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        for thread in self._threads:
-            thread.join(timeout=60)
-
-
-def own_channel(target: str) -> grpc.Channel:
-    """A channel with a connection of its own (channels in one process share them otherwise)."""
-    return grpc.insecure_channel(target, options=[("grpc.use_local_subchannel_pool", 1)])
-
-
 def phase(call: Call, signalled: float) -> str:
     if call.ended < signalled:
         return "before"
@@ -220,11 +173,15 @@ def forecast_load(service: ServiceProcess, request: pb.ForecastRequest) -> Load:
     )
 
 
-def loaded_service(trained_version, log_path, windows_per_call: int) -> ServiceProcess:
+def loaded_service(
+    trained_version, log_path, windows_per_call: int, workers: int = 1
+) -> ServiceProcess:
     """Limits that refuse nothing: every client's call fits in one request and in the queue."""
     return ServiceProcess(
         trained_version,
         log_path,
+        "--workers",
+        str(workers),
         "--grace-seconds",
         str(GRACE_SECONDS),
         "--max-batch-size",
@@ -238,12 +195,18 @@ def loaded_service(trained_version, log_path, windows_per_call: int) -> ServiceP
     )
 
 
-@pytest.mark.parametrize("windows_per_call", [1, 256], ids=["1-window", "256-windows"])
+@pytest.mark.parametrize(
+    ("windows_per_call", "workers"),
+    [(1, 1), (256, 1), (1, 2), (256, 2)],
+    ids=["1-window", "256-windows", "1-window-2-workers", "256-windows-2-workers"],
+)
 def test_sigterm_under_load_ends_every_call_ok_or_unavailable(
-    trained_version, tmp_path, windows, windows_per_call
+    trained_version, tmp_path, windows, windows_per_call, workers
 ):
+    """With ``--workers 2`` the supervisor gets the signal and every worker drains."""
     request = request_from_windows(np.resize(windows, (windows_per_call, *windows.shape[1:])))
-    with loaded_service(trained_version, tmp_path / "service.log", windows_per_call) as service:
+    log_path = tmp_path / "service.log"
+    with loaded_service(trained_version, log_path, windows_per_call, workers) as service:
         service.wait_until_serving()
         with forecast_load(service, request) as load:
             time.sleep(LOAD_SECONDS)
@@ -270,7 +233,9 @@ def test_sigterm_under_load_ends_every_call_ok_or_unavailable(
     assert refused.code == UNAVAILABLE and refused.seconds < REFUSED_WITHIN_SECONDS, refused
     assert exit_code == 0 and exited_after < GRACE_SECONDS, exited_after
     assert "Traceback" not in stderr
-    assert "drained; exiting" in stderr
+    assert len(re.findall(r"service\.server .*drained; exiting", stderr)) == workers
+    if workers > 1:
+        assert "all workers drained; exiting" in stderr
 
 
 def test_sigterm_ends_a_stream_still_open_when_the_grace_period_ends_unavailable(
