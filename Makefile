@@ -66,7 +66,7 @@ $(KSERVE_STAMP): $(KSERVE_REQUIREMENTS)
 
 kserve-venv: $(KSERVE_STAMP) ## create .venv-kserve for the benchmark's KServe peer (kserve 0.21)
 
-bench: install kserve-venv ## train if needed, then the side-by-side benchmark into results/ (~33 min)
+bench: install kserve-venv ## train if needed, then the side-by-side benchmark into results/ (~34 min)
 	@ls $(ARTIFACTS)/*/manifest.json >/dev/null 2>&1 || $(BIN)/python -m training.train --output $(ARTIFACTS)
 	$(BIN)/python -m benchmarks run --artifacts $(ARTIFACTS) --output-dir results \
 		--kserve-python $(KSERVE_VENV)/bin/python

@@ -70,8 +70,9 @@ class System:
         )
 
 
-def service_args(artifacts: Path, *flags: str) -> tuple[str, ...]:
-    """``python -m service`` on OS-chosen loopback ports (gRPC and /metrics), with ``flags``."""
+def service_args(artifacts: Path, *flags: str, workers: int = 1) -> tuple[str, ...]:
+    """``python -m service`` on OS-chosen loopback ports (gRPC and /metrics), with ``flags``,
+    as ``workers`` serving processes (always explicit: the service's default is one per core)."""
     return (
         "service",
         "--artifacts",
@@ -82,6 +83,8 @@ def service_args(artifacts: Path, *flags: str) -> tuple[str, ...]:
         "127.0.0.1",
         "--metrics-port",
         "0",
+        "--workers",
+        str(workers),
         *flags,
     )
 
@@ -102,6 +105,7 @@ def systems(
     monitoring on and the KServe peer answer the Open Inference Protocol modes too.
     """
     service = service_args(artifacts, *service_flags)
+    workers2 = service_args(artifacts, *service_flags, workers=2)
     peer = (
         [
             System(
@@ -142,17 +146,19 @@ def systems(
         ),
         System(
             "service",
-            "service, monitoring on",
+            "service --workers 1, monitoring on",
             (*service, "--monitoring", "true"),
             protocols=(FORECAST_V1, OIP_V2),
         ),
         System(
-            "service_no_monitoring", "service, monitoring off", (*service, "--monitoring", "false")
+            "service_no_monitoring",
+            "service --workers 1, monitoring off",
+            (*service, "--monitoring", "false"),
         ),
         System(
             "service_workers2",
             "service --workers 2, monitoring on",
-            (*service, "--monitoring", "true", "--workers", "2"),
+            (*workers2, "--monitoring", "true"),
             protocols=(FORECAST_V1, OIP_V2),
             only_modes=WORKERS2_MODES,
         ),

@@ -51,12 +51,13 @@ TINY_BATCHING = ("--batch-buckets", "1,4,16", "--max-batch-size", "16")
 
 
 def _bench(*args: str) -> subprocess.CompletedProcess:
+    # The smoke run takes 2-3 min on 2 cores (six servers, six modes, two rounds).
     return subprocess.run(
         [sys.executable, "-m", "benchmarks", *args],
         cwd=REPO_ROOT,
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=420,
         check=False,
     )
 
@@ -415,7 +416,16 @@ def test_each_system_runs_the_modes_of_the_protocols_it_serves(tmp_path: Path):
     assert modes("service") == set(MODES)
     assert modes("service_workers2") == {"unary", "oip1", "oip256"}
     assert modes("kserve") == {"oip1", "oip256"}
-    assert every["service_workers2"].module_args[-2:] == ("--workers", "2")
+
+    def workers(name: str) -> str:
+        args = every[name].module_args
+        return args[args.index("--workers") + 1]
+
+    assert [workers(n) for n in ("service", "service_no_monitoring", "service_workers2")] == [
+        "1",
+        "1",
+        "2",
+    ]
     assert every["kserve"].python == "/venv/bin/python" and every["kserve"].readiness == "oip"
     # Without its interpreter there is no KServe peer.
     assert "kserve" not in {s.name for s in systems(tmp_path, naive_workers=1)}
