@@ -35,7 +35,7 @@ run: install ## train the default model if no version is published yet, then ser
 serve: install ## serve the newest version in $(ARTIFACTS) (no training)
 	$(BIN)/python -m service --artifacts $(ARTIFACTS)
 
-test: lint typecheck ## lint, format check and type check, then the whole test suite
+test: lint typecheck kserve-venv ## lint, format check and type check, then the whole test suite (with the KServe peer's venv)
 	$(BIN)/python -m pytest
 
 lint: install ## ruff check and ruff format --check

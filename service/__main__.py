@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     from training.artifacts import ArtifactError
     from training.model import configure_devices
 
-    device = configure_devices()
+    device = configure_devices(worker.cpu_threads() if worker is not None else None)
     # numpy's BLAS only serves the monitoring thread's small products. Left at one thread per
     # core, OpenBLAS splits those across a worker that then spins on a core the event loop needs.
     threadpool_limits(limits=1, user_api="blas")

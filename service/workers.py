@@ -206,6 +206,11 @@ class WorkerContext:
             return None
         return cls(int(index), Path(state), int(count))
 
+    def cpu_threads(self) -> int:
+        """TensorFlow's thread pools in this worker: its share of the usable cores (N workers
+        each with a pool as large as the machine would make N times too many threads)."""
+        return max(1, usable_cores() // self.workers)
+
     def die_with_supervisor(self) -> None:
         """Ask the kernel for SIGTERM (a drain) if the supervisor dies first."""
         with contextlib.suppress(OSError, AttributeError):

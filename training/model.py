@@ -13,12 +13,16 @@ import tensorflow as tf  # noqa: E402
 log = logging.getLogger(__name__)
 
 
-def configure_devices() -> str:
+def configure_devices(cpu_threads: int | None = None) -> str:
     """Turn on GPU memory growth (before any op runs) and log the devices. Returns "GPU" or "CPU".
 
     Memory growth keeps TensorFlow from reserving the whole card at start-up, so a trainer and a
-    server, or two replicas, can share a GPU.
+    server, or two replicas, can share a GPU. ``cpu_threads`` caps TensorFlow's CPU thread pools
+    (one of several serving processes on one host takes its share of the cores).
     """
+    if cpu_threads is not None:
+        tf.config.threading.set_intra_op_parallelism_threads(cpu_threads)
+        tf.config.threading.set_inter_op_parallelism_threads(cpu_threads)
     gpus = tf.config.list_physical_devices("GPU")
     for gpu in gpus:
         try:
