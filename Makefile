@@ -94,4 +94,4 @@ prometheus-rule: install ## regenerate deploy/k8s/base/prometheusrule.yaml from 
 	$(BIN)/python scripts/gen-prometheus-rule.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info
+	rm -rf $(VENV) $(KSERVE_VENV) .pytest_cache .ruff_cache *.egg-info

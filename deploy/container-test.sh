@@ -165,6 +165,7 @@ podman run --detach --name "$NAME" \
     --env FORECAST_METRICS_ADDRESS=127.0.0.1 \
     --env FORECAST_METRICS_PORT="$METRICS_PORT" \
     --env FORECAST_GRACE_SECONDS="$GRACE_SECONDS" \
+    --env FORECAST_WORKERS=2 \
     "$IMAGE" >/dev/null
 ok "container $NAME: gRPC 127.0.0.1:$GRPC_PORT, metrics 127.0.0.1:$METRICS_PORT"
 
@@ -242,6 +243,9 @@ if ! awk -v v="${windows:-0}" 'BEGIN {exit !(v >= 1)}'; then
     fail "forecast_windows_total is '${windows:-missing}', expected >= 1"
 fi
 ok "forecast_windows_total $windows"
+warm="$(awk '$1 == "forecast_workers{state=\"warm\"}" {print $2}' "$WORK/metrics.txt")"
+[ "${warm:-0}" = "2.0" ] || fail "forecast_workers{state=\"warm\"} is '${warm:-missing}', expected 2"
+ok "2 serving workers behind pid 1, both warm"
 grep -E '^forecast_model_info\{' "$WORK/metrics.txt" | sed 's/^/    /'
 
 # ---------------------------------------------------------------------------------------------

@@ -112,17 +112,25 @@ class RetiredCounters:
     """The last counter and histogram values of workers that were replaced: added to the
     live workers' sums so the instance's counters stay monotonic across a worker restart."""
 
-    values: dict[_Key, float] = field(default_factory=dict)
-    families: dict[str, Metric] = field(default_factory=dict)
+    # family name -> (the family, as last seen; sample key -> (labels, carried value))
+    families: dict[str, tuple[Metric, dict[_Key, tuple[dict[str, str], float]]]] = field(
+        default_factory=dict
+    )
 
     def retire(self, families: Families) -> None:
         for family in families:
             if family.type not in SUMMED_TYPES:
                 continue
-            self.families.setdefault(family.name, family)
+            _, values = self.families.setdefault(family.name, (family, {}))
             for sample in family.samples:
+                if sample.name.endswith("_created"):
+                    continue
                 key = _key(sample)
-                self.values[key] = self.values.get(key, 0.0) + float(sample.value)
+                carried = values.get(key, (sample.labels, 0.0))[1]
+                values[key] = (sample.labels, carried + float(sample.value))
+
+    def values(self, family: str) -> dict[_Key, tuple[dict[str, str], float]]:
+        return self.families[family][1] if family in self.families else {}
 
 
 def merge(workers: Sequence[Families], retired: RetiredCounters | None = None) -> Families:
@@ -155,6 +163,12 @@ def merge(workers: Sequence[Families], retired: RetiredCounters | None = None) -
         else:  # united, and any gauge not classified above: the largest value per label set
             _add_combined(out, [family for _, family in parts], max)
         merged.append(out)
+    if retired is not None:  # counters only workers that were replaced had
+        for name, (family, _) in retired.families.items():
+            if name not in by_name:
+                out = Metric(name, family.documentation, family.type, family.unit)
+                _add_summed(out, [], retired)
+                merged.append(out)
     return merged
 
 
@@ -193,9 +207,9 @@ def _add_summed(out: Metric, families: Iterable[Metric], retired: RetiredCounter
                 totals[key] = totals.get(key, 0.0) + float(sample.value)
             labels.setdefault(key, sample.labels)
     if retired is not None:
-        for key in totals:
-            if not key[0].endswith("_created"):
-                totals[key] += retired.values.get(key, 0.0)
+        for key, (sample_labels, carried) in retired.values(out.name).items():
+            totals[key] = totals.get(key, 0.0) + carried
+            labels.setdefault(key, sample_labels)
     for key, value in totals.items():
         out.add_sample(key[0], labels[key], value)
 

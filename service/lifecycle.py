@@ -177,6 +177,11 @@ class ModelLifecycle:
         self._loop = asyncio.get_running_loop()
         self._closed = False
 
+    @property
+    def candidate_name(self) -> str | None:
+        """The version being loaded or evaluated now, if any."""
+        return self._candidate_name
+
     # ---- start and stop ----------------------------------------------------------------
 
     async def start(self) -> None:
@@ -483,6 +488,8 @@ class ModelLifecycle:
     async def _set_serving_version(self, version: str) -> tuple[str, str]:
         async with self._switching:
             previous = self.serving.version
+            if self._closed:
+                raise VersionUnusable("the server is shutting down", "invalid")
             if version == previous:
                 return version, previous
             base = self.settings.base

@@ -58,7 +58,7 @@ from service.forecaster import BatchResult, Forecaster
 from service.lifecycle import InstancePeers, LifecycleSettings, ModelLifecycle, ServingModel
 from service.protocols.oip_v2 import InferenceServicer
 from service.servicer import ForecastServicer, model_info
-from service.workers import WorkerContext, WorkerLink, WorkerPeers
+from service.workers import OwnState, WorkerContext, WorkerLink, WorkerPeers
 from training.artifacts import Artifacts
 from training.intervals import REPORTED_LEVELS
 from training.manifest import MANIFEST_FILE
@@ -92,8 +92,11 @@ class ServingHealth:
         self.collapse_unready = collapse_unready
         self.collapsed = False  # the collapse detector's state, as last reported
         self.warm = False
-        self.peers_warm = True  # every other worker of the instance is warm (or there is none)
+        # Every worker of the instance has been warm (or there is only this one). Once true it
+        # stays true: a worker started again later does not take the others out of rotation.
+        self.peers_warm = True
         self.peer_collapsed = False  # some worker of the instance has collapsed
+        self._peers_reported = False
         self.draining = False
         self._loop = asyncio.get_running_loop()
         self._updates: set[asyncio.Task[None]] = set()  # referenced until done
@@ -119,6 +122,8 @@ class ServingHealth:
 
     async def on_peers(self, all_warm: bool, any_collapsed: bool) -> None:
         """The instance's other workers, as they last reported (a worker's link calls this)."""
+        all_warm = all_warm or (self.peers_warm and self._peers_reported)
+        self._peers_reported = True
         if (all_warm, any_collapsed) == (self.peers_warm, self.peer_collapsed):
             return
         self.peers_warm, self.peer_collapsed = all_warm, any_collapsed
@@ -310,11 +315,16 @@ async def serve(
 def _worker_link(worker: WorkerContext, running: RunningServer, metrics_port: int) -> WorkerLink:
     """Share this worker's state with the instance, and follow the instance's."""
 
-    def own_state() -> tuple[bool, bool, str, bool]:
+    def own_state() -> OwnState:
         monitor = running.monitor
-        collapsed = monitor is not None and monitor.collapse.collapsed
-        status = running.status
-        return status.warm, collapsed, running.lifecycle.serving.version, status.draining
+        status, lifecycle = running.status, running.lifecycle
+        return OwnState(
+            warm=status.warm,
+            collapsed=monitor is not None and monitor.collapse.collapsed,
+            serving=lifecycle.serving.version,
+            draining=status.draining,
+            candidate=lifecycle.candidate_name or "",
+        )
 
     async def switch_to(version: str) -> object:
         return await running.lifecycle.set_serving_version(version, broadcast=False)

@@ -39,6 +39,7 @@ import math
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -48,6 +49,7 @@ import urllib.request
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -63,6 +65,7 @@ log = logging.getLogger(__name__)
 WORKER_INDEX_ENV = "FORECAST_INTERNAL_WORKER_INDEX"
 WORKER_STATE_ENV = "FORECAST_INTERNAL_WORKER_STATE"
 WORKER_COUNT_ENV = "FORECAST_INTERNAL_WORKERS"
+SUPERVISOR_PID_ENV = "FORECAST_INTERNAL_SUPERVISOR_PID"
 WORKER_MEMORY_BYTES = 1 << 30
 """Memory budgeted per worker by the automatic worker count: one worker of the default model
 measured 832 MB RSS, 857 MB with a candidate version resident (benchmarks.rollout)."""
@@ -70,7 +73,9 @@ LINK_PERIOD_S = 0.2
 """How often a worker publishes its state and reads its peers'."""
 STARTUP_TIMEOUT_S = 300.0
 SCRAPE_TIMEOUT_S = 5.0
-RESTART_BACKOFF_S = 1.0
+RESTART_BACKOFF_S = 1.0  # doubled after each start that did not last, up to 30 s
+QUICK_DEATH_S = 60.0  # a worker that ends sooner after its start did not last
+MAX_QUICK_DEATHS = 5  # in a row, for one worker: the instance gives up (exit 1)
 PR_SET_PDEATHSIG = 1
 
 
@@ -140,6 +145,8 @@ class WorkerState:
     collapsed: bool = False
     serving: str = ""
     draining: bool = False
+    candidate: str = ""  # the version it evaluates now ("" none)
+    switches: int = 0  # the admin switches it has applied (sequence number)
 
 
 def _write_json(path: Path, payload: dict[str, object]) -> None:
@@ -189,6 +196,9 @@ def _state_path(state_dir: Path, index: int) -> Path:
 # -------------------------------------------------------------------------------------------
 
 
+_CONTEXT_ENV = (WORKER_INDEX_ENV, WORKER_STATE_ENV, WORKER_COUNT_ENV, SUPERVISOR_PID_ENV)
+
+
 @dataclass(frozen=True)
 class WorkerContext:
     """Set in a worker process by the supervisor (environment variables)."""
@@ -196,15 +206,15 @@ class WorkerContext:
     index: int
     state_dir: Path
     workers: int
+    supervisor: int  # its pid
 
     @classmethod
     def from_env(cls) -> WorkerContext | None:
-        index = os.environ.get(WORKER_INDEX_ENV)
-        state = os.environ.get(WORKER_STATE_ENV)
-        count = os.environ.get(WORKER_COUNT_ENV)
-        if index is None or state is None or count is None:
+        values = [os.environ.get(name) for name in _CONTEXT_ENV]
+        if any(v is None for v in values):
             return None
-        return cls(int(index), Path(state), int(count))
+        index, state, count, supervisor = (str(v) for v in values)
+        return cls(int(index), Path(state), int(count), int(supervisor))
 
     def cpu_threads(self) -> int:
         """TensorFlow's thread pools in this worker: its share of the usable cores (N workers
@@ -216,13 +226,24 @@ class WorkerContext:
         with contextlib.suppress(OSError, AttributeError):
             libc = ctypes.CDLL(None, use_errno=True)
             libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-        if os.getppid() == 1:  # the supervisor was already gone
+        if os.getppid() != self.supervisor:  # it was already gone (it may be pid 1 itself)
             os.kill(os.getpid(), signal.SIGTERM)
 
     def instance_version(self) -> str | None:
         """The version the running peers serve (for a worker started again), or None."""
         versions = [s.serving for s in read_states(self.state_dir).values() if s.serving]
         return max(set(versions), key=versions.count) if versions else None
+
+
+@dataclass(frozen=True)
+class OwnState:
+    """What a worker's server reports of itself to its link."""
+
+    warm: bool
+    collapsed: bool
+    serving: str
+    draining: bool
+    candidate: str
 
 
 @dataclass(frozen=True)
@@ -299,14 +320,15 @@ class WorkerLink:
         *,
         port: int,
         metrics_port: int,
-        own_state: Callable[[], tuple[bool, bool, str, bool]],
+        own_state: Callable[[], OwnState],
         on_peers: Callable[[bool, bool], Awaitable[None]],
         adopt_verdict: Callable[[], bool],
         switch_to: Callable[[str], Awaitable[object]],
     ) -> None:
-        """``own_state()`` -> (warm, collapsed, serving version, draining);
-        ``on_peers(all_warm, any_collapsed)`` updates health; ``adopt_verdict()`` applies a
-        peer's verdict on the current candidate; ``switch_to(version)`` an admin switch."""
+        """``own_state()``: this worker's state now; ``on_peers(all_warm, any_collapsed)``
+        updates health; ``adopt_verdict()`` applies a peer's verdict on the current candidate;
+        ``switch_to(version)`` serves a version now (an admin switch, or following the
+        instance)."""
         self.context = context
         self.peers = WorkerPeers(context)
         self.state = WorkerState(context.index, os.getpid(), port, metrics_port)
@@ -316,36 +338,64 @@ class WorkerLink:
         self._switch_to = switch_to
         done = self.peers.switches()
         self._applied = done[-1][0] if done else 0  # a restarted worker starts from now
+        self._unusable: set[str] = set()  # versions this worker failed to switch to
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
         self.publish()
         self._task = asyncio.create_task(self._run(), name="worker-link")
 
-    def publish(self) -> None:
-        warm, collapsed, serving, draining = self._own_state()
-        self.state.warm, self.state.collapsed = warm, collapsed
-        self.state.serving, self.state.draining = serving, draining
-        _write_json(_state_path(self.context.state_dir, self.context.index), asdict(self.state))
+    def publish(self) -> OwnState:
+        own = self._own_state()
+        state = self.state
+        state.warm, state.collapsed, state.serving = own.warm, own.collapsed, own.serving
+        state.draining, state.candidate, state.switches = own.draining, own.candidate, self._applied
+        _write_json(_state_path(self.context.state_dir, self.context.index), asdict(state))
+        return own
 
     async def step(self) -> None:
-        self.publish()
+        own = self.publish()
         states = read_states(self.context.state_dir)
         peers = [states.get(i) for i in range(self.context.workers)]
         all_warm = all(s is not None and s.warm for s in peers)
         any_collapsed = any(s is not None and s.collapsed for s in peers)
         await self._on_peers(all_warm, any_collapsed)
+        if own.draining:
+            return
         self._adopt_verdict()
         for seq, version in self.peers.switches():
             if seq <= self._applied:
                 continue
             self._applied = seq
-            try:
-                await self._switch_to(version)
-            except Exception as exc:  # noqa: BLE001 - a switch this worker cannot make is logged
-                log.error(
-                    "worker %d: cannot apply the switch to %s: %s", self.state.index, version, exc
-                )
+            await self._switch(version, "the operator's switch")
+        leader = self._leader(states, own)
+        if leader is not None:
+            await self._switch(leader.serving, f"the version worker {leader.index} serves")
+
+    def _leader(self, states: dict[int, WorkerState], own: OwnState) -> WorkerState | None:
+        """The worker this one follows when they serve different versions and neither is
+        evaluating a candidate: the lowest-index warm one (so two never follow each other),
+        once it has applied every admin switch this one has. A worker started again, or one
+        that missed a promotion, thus ends up serving what the instance serves."""
+        if own.candidate or not own.warm:
+            return None
+        for index in range(self.context.index):
+            peer = states.get(index)
+            if peer is None or not peer.warm or peer.draining:
+                continue
+            settled = not peer.candidate and peer.switches >= self._applied
+            return peer if settled and peer.serving and peer.serving != own.serving else None
+        return None
+
+    async def _switch(self, version: str, why: str) -> None:
+        if version in self._unusable:
+            return
+        log.info("worker %d: serving %s, %s", self.context.index, version, why)
+        try:
+            await self._switch_to(version)
+        except Exception as exc:  # noqa: BLE001 - a switch this worker cannot make is logged
+            log.error("worker %d: cannot serve %s: %s", self.context.index, version, exc)
+            self._unusable.add(version)
 
     async def _run(self) -> None:
         while True:
@@ -381,7 +431,9 @@ class _Worker:
 
 
 class _InstanceMetrics(Collector):
-    """The instance's ``/metrics``: every live worker's, merged (:mod:`monitoring.workers`)."""
+    """The instance's ``/metrics``: every worker's, merged (:mod:`monitoring.workers`). A
+    worker being started again counts with its last figures until the new one answers, and
+    those figures are then carried, so no sum dips or goes backwards."""
 
     def __init__(self, supervisor: Supervisor) -> None:
         self._supervisor = supervisor
@@ -391,8 +443,7 @@ class _InstanceMetrics(Collector):
 
     def collect(self) -> Iterator[Metric]:
         with self._lock:
-            live = self._scrape()
-            families = merged_metrics.merge(live, self._retired)
+            families = merged_metrics.merge(self._scrape(), self._retired)
         yield from families
         workers = GaugeMetricFamily(
             "forecast_workers", "Serving processes of this instance, by state.", labels=["state"]
@@ -412,24 +463,60 @@ class _InstanceMetrics(Collector):
         live = []
         for index in range(self._supervisor.count):
             state = states.get(index)
-            previous = self._last.get(index)
-            if state is None or state.metrics_port < 0:
+            last = self._last.get(index)
+            if state is None or state.metrics_port < 0:  # starting: the last figures stand
+                if last is not None:
+                    live.append(last[1])
                 continue
-            if previous is not None and previous[0] != state.pid:
-                self._retired.retire(previous[1])  # a replaced worker: keep what it counted
+            if last is not None and last[0] != state.pid:  # a new process: carry the old one's
+                self._retired.retire(last[1])
                 del self._last[index]
+                last = None
             try:
                 url = f"http://127.0.0.1:{state.metrics_port}/metrics"
                 with urllib.request.urlopen(url, timeout=SCRAPE_TIMEOUT_S) as answer:
                     families = merged_metrics.parse(answer.read().decode())
             except OSError:
-                last = self._last.get(index)
                 if last is not None:  # down for a moment: its last figures, not a dip
                     live.append(last[1])
                 continue
             self._last[index] = (state.pid, families)
             live.append(families)
         return live
+
+
+class StartError(Exception):
+    """The instance cannot start (one line; exit code 2)."""
+
+
+def check_port_free(address: str) -> None:
+    """Fail now if ``address``'s port is taken: the workers bind it with SO_REUSEPORT, which
+    would otherwise share it silently with another server that set the option too."""
+    host, _, port = address.rpartition(":")
+    if port in ("", "0"):
+        return
+    host = host.strip("[]") or "0.0.0.0"
+    try:
+        infos = socket.getaddrinfo(
+            host, int(port), type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )
+    except (OSError, ValueError) as exc:
+        raise StartError(f"cannot bind gRPC address {address} ({exc})") from None
+    family, kind, proto, _, sockaddr = infos[0]
+    with socket.socket(family, kind, proto) as probe:
+        # As gRPC does: connections of an earlier server in TIME_WAIT do not hold the port.
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(sockaddr)
+        except OSError:
+            raise StartError(
+                f"cannot bind gRPC address {address} (in use or not permitted)"
+            ) from None
+
+
+def _exit_status(code: int) -> int:
+    """A child's return code as an exit status (killed by signal N: 128 + N)."""
+    return 128 - code if code < 0 else code
 
 
 class Supervisor:
@@ -460,13 +547,15 @@ class Supervisor:
         env[WORKER_INDEX_ENV] = str(worker.index)
         env[WORKER_STATE_ENV] = str(self.state_dir)
         env[WORKER_COUNT_ENV] = str(self.count)
+        env[SUPERVISOR_PID_ENV] = str(os.getpid())
         _state_path(self.state_dir, worker.index).unlink(missing_ok=True)
         argv = [sys.executable, "-m", "service", *self.argv, "--address", self.address]
         worker.process = subprocess.Popen(argv, env=env)
         worker.started = time.monotonic()
 
     def _wait_bound(self, worker: _Worker) -> int | None:
-        """The worker's gRPC port once bound; None if it exited first (its exit code is kept)."""
+        """The worker's gRPC port once bound; None if it exited first, or did not bind within
+        :data:`STARTUP_TIMEOUT_S` (it is killed), or a signal came."""
         deadline = time.monotonic() + STARTUP_TIMEOUT_S
         assert worker.process is not None
         while time.monotonic() < deadline and not self.stopping.is_set():
@@ -476,6 +565,9 @@ class Supervisor:
             if worker.process.poll() is not None:
                 return None
             time.sleep(0.05)
+        if worker.process.poll() is None and not self.stopping.is_set():
+            log.error("worker %d did not bind within %.0fs", worker.index, STARTUP_TIMEOUT_S)
+            worker.process.kill()
         return None
 
     def run(self) -> int:
@@ -483,11 +575,16 @@ class Supervisor:
             signal.signal(sig, lambda *_: self.stopping.set())
         try:
             return self._run()
+        except StartError as exc:
+            print(f"python -m service: error: {exc}", file=sys.stderr)
+            return 2
         finally:
             self._stop_all()
             shutil.rmtree(self.state_dir, ignore_errors=True)
 
     def _run(self) -> int:
+        check_port_free(self.settings.address)
+        metrics_server = self._serve_metrics()  # before the workers: a taken port fails fast
         first = self.workers[0]
         self._spawn(first)
         port = self._wait_bound(first)
@@ -506,49 +603,70 @@ class Supervisor:
             "TLS" if self.settings.tls_cert else "plaintext",
             self.count,
         )
-        metrics_server = None
-        if self.settings.metrics_port >= 0:
-            registry = CollectorRegistry()
-            registry.register(_InstanceMetrics(self))
-            metrics_server, metrics_port = start_metrics_server(
-                registry, self.settings.metrics_address, self.settings.metrics_port
-            )
-            log.info(METRICS_LISTENING, self.settings.metrics_address, metrics_port)
+        if metrics_server is not None:
+            log.info(METRICS_LISTENING, self.settings.metrics_address, metrics_server.server_port)
+        code = 0
         while not self.stopping.wait(0.2):
-            for worker in self.workers:
-                self._restart_if_dead(worker)
+            if not all(self._restart_if_dead(worker) for worker in self.workers):
+                code = 1
+                break
         log.info("shutdown requested: draining %d workers", self.count)
-        code = self._drain()
+        code = max(code, self._drain())
         if metrics_server is not None:
             metrics_server.shutdown()
         log.info("all workers drained; exiting" if code == 0 else "workers ended with errors")
         return code
+
+    def _serve_metrics(self) -> WSGIServer | None:
+        if self.settings.metrics_port < 0:
+            return None
+        registry = CollectorRegistry()
+        registry.register(_InstanceMetrics(self))
+        address, port = self.settings.metrics_address, self.settings.metrics_port
+        try:
+            server, _ = start_metrics_server(registry, address, port)
+        except OSError as exc:
+            raise StartError(f"cannot serve /metrics on {address}:{port} ({exc})") from None
+        return server
 
     def _exit_code(self, worker: _Worker) -> int:
         """A worker ended during start-up: its code (2: bad settings or artifacts)."""
         if self.stopping.is_set():
             return 0
         assert worker.process is not None
-        code = worker.process.wait()
+        code = _exit_status(worker.process.wait())
         if code != 2:  # 2: the worker has said why, in one line
             log.error("worker %d exited with code %d during start-up", worker.index, code)
         return code if code != 0 else 1
 
-    def _restart_if_dead(self, worker: _Worker) -> None:
+    def _restart_if_dead(self, worker: _Worker) -> bool:
+        """Start a worker that ended again; False once it keeps ending right after its start."""
         process = worker.process
         if process is None or process.poll() is None or self.stopping.is_set():
-            return
+            return True
+        quick = time.monotonic() - worker.started < QUICK_DEATH_S
+        worker.restarts = worker.restarts + 1 if quick else 0  # quick deaths in a row
+        if worker.restarts >= MAX_QUICK_DEATHS:
+            log.error(
+                "worker %d ended %d times within %.0fs of its start; giving up",
+                worker.index,
+                worker.restarts,
+                QUICK_DEATH_S,
+            )
+            return False
+        backoff = min(30.0, RESTART_BACKOFF_S * 2 ** max(0, worker.restarts - 1)) if quick else 0
         log.error(
-            "worker %d (pid %d) ended with code %s; starting it again",
+            "worker %d (pid %d) ended with code %s; starting it again%s",
             worker.index,
             process.pid,
             process.returncode,
+            f" in {backoff:.0f}s" if backoff else "",
         )
-        if time.monotonic() - worker.started < RESTART_BACKOFF_S:
-            time.sleep(RESTART_BACKOFF_S)
-        worker.restarts += 1
+        if self.stopping.wait(backoff):
+            return True
         self._restarts += 1
         self._spawn(worker)
+        return True
 
     def _drain(self) -> int:
         live = [w.process for w in self.workers if w.process is not None]

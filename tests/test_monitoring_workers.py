@@ -174,3 +174,21 @@ def test_a_replaced_workers_counts_are_carried_so_sums_never_go_backwards():
     assert sample(merged, "forecast_output_collapsed") == 0  # gauges are not carried
     counts = np.array([before, sample(merged, "forecast_windows_total")])
     assert np.all(np.diff(counts) >= 0)
+
+
+def test_counters_only_a_replaced_worker_had_are_kept():
+    old = worker(windows=5, requests=2)
+    registry = CollectorRegistry()
+    ServingMetrics(registry, methods=("ModelInfer",), model_labels={"version": "v1"}).record_rpc(
+        "ModelInfer", "OK", 0.01
+    )
+    old += [f for f in parse(generate_latest(registry).decode()) if "requests" in f.name]
+    retired = RetiredCounters()
+    retired.retire(old)
+    fresh = worker(windows=1, requests=1)  # has no ModelInfer series
+
+    merged = merge([fresh], retired)
+
+    assert sample(merged, "forecast_requests_total", method="ModelInfer", code="OK") == 1
+    assert sample(merged, "forecast_windows_total") == 6
+    assert parse(render(merged))

@@ -13,6 +13,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import threading
 import time
 import urllib.request
@@ -24,7 +25,7 @@ import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
-from service_process import ServiceProcess
+from service_process import ServiceProcess, run_service, service_lines
 from service_testkit import Load, own_channel
 
 from benchmarks.workload import held_out
@@ -170,22 +171,35 @@ def test_two_workers_serve_one_port_behind_one_metrics_endpoint(trained_version,
         }
         assert gauges <= KNOWN_GAUGES, gauges - KNOWN_GAUGES
 
-        # A worker that dies is started again; the instance's counters do not go backwards.
+        # A worker that dies is started again. Scraped all along, the instance's counters keep
+        # exactly what both workers counted: no dip while it restarts, no double count after.
         os.kill(states[1].pid, signal.SIGKILL)
-        wait_for(
-            lambda: value(scrape(service.metrics_port), "forecast_worker_restarts_total") == 1,
-            "the supervisor started the worker again",
-        )
-        wait_for(
-            lambda: value(scrape(service.metrics_port), "forecast_workers", state="warm") == 2,
-            "the new worker is warm",
-        )
+        seen: list[tuple[float, float, float]] = []
+
+        def restarted_and_warm() -> bool:
+            s = scrape(service.metrics_port)
+            seen.append(
+                (
+                    value(s, "forecast_windows_total"),
+                    value(s, "forecast_requests_total", **ok),
+                    value(s, "forecast_request_duration_seconds_count", method="Forecast"),
+                )
+            )
+            restarted = value(s, "forecast_worker_restarts_total") == 1
+            return restarted and value(s, "forecast_workers", state="warm") == 2
+
+        wait_for(restarted_and_warm, "the supervisor started the worker again and it is warm")
+        assert len(seen) > 3
+        assert set(seen) == {(sent, requests, requests)}, sorted(set(seen))
         service.wait_until_serving()
         assert worker_states(service)[1].pid != states[1].pid
+        requests_after = send(service.target, windows[:8], 4)
+        wait_for(
+            lambda: value(scrape(service.metrics_port), "forecast_windows_total") == sent + 8,
+            "the new windows are counted once",
+        )
         after = scrape(service.metrics_port)
-        assert value(after, "forecast_windows_total") >= sent
-        assert value(after, "forecast_requests_total", **ok) >= requests
-        send(service.target, windows[:8], 4)
+        assert value(after, "forecast_requests_total", **ok) == requests + requests_after
         service.terminate()
         assert service.process.wait(timeout=60) == 0
     assert "Traceback" not in service.stderr()
@@ -210,10 +224,11 @@ def test_collapse_and_drift_on_one_worker_are_the_instances(trained_version, tmp
         instance = wait_for(
             lambda: (
                 (s := scrape(service.metrics_port))
+                and value(s, "forecast_monitored_windows_total") == 64
                 and value(s, "forecast_output_collapsed") == 1
                 and s
             ),
-            "the instance reports the collapse",
+            "the instance reports the collapse, all 64 windows seen",
             timeout=10,
         )
         workers = per_worker(service)
@@ -344,3 +359,25 @@ def test_new_versions_and_rollback_reach_every_worker(trained_version, tmp_path,
     assert collapsed.name not in versions and good.name in versions, versions
     assert len(load.calls) > 500, codes
     assert "Traceback" not in stderr
+
+
+@pytest.mark.parametrize("taken", ["grpc", "metrics"])
+def test_a_taken_port_ends_the_instance_with_one_line_and_exit_2(trained_version, taken):
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        port = held.getsockname()[1]
+        if taken == "grpc":
+            result = run_service(
+                trained_version, "--workers", WORKERS, address=f"127.0.0.1:{port}", timeout=60
+            )
+            expected = f"cannot bind gRPC address 127.0.0.1:{port} (in use or not permitted)"
+        else:
+            flags = ("--metrics-address", "127.0.0.1", "--metrics-port", str(port))
+            result = run_service(trained_version, "--workers", WORKERS, *flags, timeout=60)
+            expected = f"cannot serve /metrics on 127.0.0.1:{port} ("
+
+    assert result.returncode == 2, result.stderr
+    last = service_lines(result.stderr)[-1]
+    assert last.startswith(f"python -m service: error: {expected}"), result.stderr
+    assert "Traceback" not in result.stderr
