@@ -524,11 +524,14 @@ def test_workers_and_oip_targets_compare_the_right_systems():
     assert workers["measured"] == pytest.approx(3900 / 5000) and workers["met"] is True
     assert "3,900 req/s (c=32)" in workers["detail"] and "--workers 1" in workers["detail"]
     assert "2,800 req/s (c=32) = 0.560×" in workers["detail"]
+    # OIP 256: the default worker count here (2) is the headline, one process beside it.
     ceiling = got["oip256_vs_model"]
-    assert ceiling["measured"] == pytest.approx(0.9) and ceiling["met"] is True
-    assert "--workers 2" in ceiling["detail"] and "50,000 windows/s" in ceiling["detail"]
+    assert ceiling["measured"] == pytest.approx(50_000 / 40_000) and ceiling["met"] is True
+    assert ceiling["detail"].startswith("service --workers 2 50,000 windows/s")
+    assert "36,000 windows/s (c=4) = 0.900×" in ceiling["detail"]
     kserve = got["oip256_vs_kserve"]
-    assert kserve["measured"] == pytest.approx(1.8) and kserve["met"] is False
+    assert kserve["measured"] == pytest.approx(2.5) and kserve["met"] is True
+    assert "36,000 windows/s (c=4) = 1.800×" in kserve["detail"]
     single = got["oip1_vs_kserve"]
     assert single["measured"] == pytest.approx(2.0) and single["met"] is None
     assert "p50 at c=1: service 2.00 ms, KServe 2.00 ms" in single["detail"]
