@@ -144,6 +144,7 @@ def merge(workers: Sequence[Families], retired: RetiredCounters | None = None) -
                 by_name[family.name] = []
             by_name[family.name].append((index, family))
     collapse_worst = _worst_collapse(workers)
+    drift_worst = _worst_drift(workers)
     merged: Families = []
     for name in order:
         parts = by_name[name]
@@ -157,7 +158,7 @@ def merge(workers: Sequence[Families], retired: RetiredCounters | None = None) -
             chosen = [family for index, family in parts if index == collapse_worst]
             out.samples = list(chosen[0].samples if chosen else first.samples)
         elif name in DRIFT_GAUGES:
-            out.samples = _worst_per_feature(name, workers)
+            out.samples = _worst_per_feature(parts, drift_worst)
         elif name in SUMMED_GAUGES:
             _add_combined(out, [family for _, family in parts], sum)
         else:  # united, and any gauge not classified above: the largest value per label set
@@ -181,18 +182,32 @@ def _worst_collapse(workers: Sequence[Families]) -> int:
     return min(ranked)[1] if ranked else -1
 
 
-def _worst_per_feature(name: str, workers: Sequence[Families]) -> list[Sample]:
-    samples: dict[str, tuple[tuple[float, float, float], Sample]] = {}
-    for families in workers:
-        for family in families:
-            if family.name != name:
-                continue
-            for sample in family.samples:
-                feature = sample.labels.get("feature", "")
-                rank = _drift_rank(families, feature)
-                if feature not in samples or rank < samples[feature][0]:
-                    samples[feature] = (rank, sample)
-    return [sample for _, sample in samples.values()]
+def _worst_drift(workers: Sequence[Families]) -> dict[str, int]:
+    """Per feature, the index of the worker worst on it (the first one on a tie): every drift
+    gauge of that feature comes from that worker."""
+    worst: dict[str, tuple[tuple[float, float, float], int]] = {}
+    for index, families in enumerate(workers):
+        features = {
+            sample.labels.get("feature", "")
+            for family in families
+            if family.name in DRIFT_GAUGES
+            for sample in family.samples
+        }
+        for feature in features:
+            ranked = (_drift_rank(families, feature), index)
+            if feature not in worst or ranked < worst[feature]:
+                worst[feature] = ranked
+    return {feature: index for feature, (_, index) in worst.items()}
+
+
+def _worst_per_feature(parts: Sequence[tuple[int, Metric]], worst: dict[str, int]) -> list[Sample]:
+    """One drift gauge family's samples, each feature's from its worst worker."""
+    return [
+        sample
+        for index, family in parts
+        for sample in family.samples
+        if worst.get(sample.labels.get("feature", "")) == index
+    ]
 
 
 def _add_summed(out: Metric, families: Iterable[Metric], retired: RetiredCounters | None) -> None:

@@ -96,7 +96,7 @@ class ServingHealth:
         # stays true: a worker started again later does not take the others out of rotation.
         self.peers_warm = True
         self.peer_collapsed = False  # some worker of the instance has collapsed
-        self._peers_reported = False
+        self._instance_warmed = False  # every worker has been warm at least once
         self.draining = False
         self._loop = asyncio.get_running_loop()
         self._updates: set[asyncio.Task[None]] = set()  # referenced until done
@@ -122,11 +122,10 @@ class ServingHealth:
 
     async def on_peers(self, all_warm: bool, any_collapsed: bool) -> None:
         """The instance's other workers, as they last reported (a worker's link calls this)."""
-        all_warm = all_warm or (self.peers_warm and self._peers_reported)
-        self._peers_reported = True
-        if (all_warm, any_collapsed) == (self.peers_warm, self.peer_collapsed):
+        self._instance_warmed = self._instance_warmed or all_warm
+        if (self._instance_warmed, any_collapsed) == (self.peers_warm, self.peer_collapsed):
             return
-        self.peers_warm, self.peer_collapsed = all_warm, any_collapsed
+        self.peers_warm, self.peer_collapsed = self._instance_warmed, any_collapsed
         await self._apply()
 
     async def _apply(self) -> None:

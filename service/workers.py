@@ -418,8 +418,7 @@ class WorkerLink:
 
 
 def _with_port(address: str, port: int) -> str:
-    host = address.rsplit(":", 1)[0]
-    return f"{host}:{port}"
+    return f"{address.rpartition(':')[0]}:{port}"
 
 
 class _Worker:
@@ -427,7 +426,7 @@ class _Worker:
         self.index = index
         self.process: subprocess.Popen[bytes] | None = None
         self.started = 0.0
-        self.restarts = 0
+        self.quick_deaths = 0  # ends in a row within QUICK_DEATH_S of a start
 
 
 class _InstanceMetrics(Collector):
@@ -442,13 +441,14 @@ class _InstanceMetrics(Collector):
         self._lock = threading.Lock()
 
     def collect(self) -> Iterator[Metric]:
+        states = read_states(self._supervisor.state_dir)
         with self._lock:
-            families = merged_metrics.merge(self._scrape(), self._retired)
+            families = merged_metrics.merge(self._scrape(states), self._retired)
         yield from families
         workers = GaugeMetricFamily(
             "forecast_workers", "Serving processes of this instance, by state.", labels=["state"]
         )
-        counts = self._supervisor.counts()
+        counts = self._supervisor.counts(states)
         for state in ("configured", "running", "warm"):
             workers.add_metric([state], counts[state])
         yield workers
@@ -458,8 +458,7 @@ class _InstanceMetrics(Collector):
             value=self._supervisor.restarts(),
         )
 
-    def _scrape(self) -> list[merged_metrics.Families]:
-        states = read_states(self._supervisor.state_dir)
+    def _scrape(self, states: dict[int, WorkerState]) -> list[merged_metrics.Families]:
         live = []
         for index in range(self._supervisor.count):
             state = states.get(index)
@@ -533,8 +532,7 @@ class Supervisor:
         self.stopping = threading.Event()
         self._restarts = 0
 
-    def counts(self) -> dict[str, int]:
-        states = read_states(self.state_dir)
+    def counts(self, states: dict[int, WorkerState]) -> dict[str, int]:
         running = [w for w in self.workers if w.process is not None and w.process.poll() is None]
         warm = [w for w in running if (s := states.get(w.index)) is not None and s.warm]
         return {"configured": self.count, "running": len(running), "warm": len(warm)}
@@ -645,16 +643,18 @@ class Supervisor:
         if process is None or process.poll() is None or self.stopping.is_set():
             return True
         quick = time.monotonic() - worker.started < QUICK_DEATH_S
-        worker.restarts = worker.restarts + 1 if quick else 0  # quick deaths in a row
-        if worker.restarts >= MAX_QUICK_DEATHS:
+        worker.quick_deaths = worker.quick_deaths + 1 if quick else 0
+        if worker.quick_deaths >= MAX_QUICK_DEATHS:
             log.error(
                 "worker %d ended %d times within %.0fs of its start; giving up",
                 worker.index,
-                worker.restarts,
+                worker.quick_deaths,
                 QUICK_DEATH_S,
             )
             return False
-        backoff = min(30.0, RESTART_BACKOFF_S * 2 ** max(0, worker.restarts - 1)) if quick else 0
+        backoff = (
+            min(30.0, RESTART_BACKOFF_S * 2 ** max(0, worker.quick_deaths - 1)) if quick else 0
+        )
         log.error(
             "worker %d (pid %d) ended with code %s; starting it again%s",
             worker.index,
