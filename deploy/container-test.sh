@@ -257,7 +257,9 @@ exit_code="$(timeout "$((GRACE_SECONDS + 15))" podman --runtime runc wait "$NAME
 took=$((SECONDS - t0))
 [ "$exit_code" = 0 ] || fail "exit code $exit_code after SIGTERM, expected 0"
 [ "$took" -le "$((GRACE_SECONDS + 5))" ] || fail "took ${took}s to exit (grace ${GRACE_SECONDS}s)"
-podman logs "$NAME" 2>&1 | grep -q 'drained; exiting' || fail "no 'drained; exiting' in the log"
+# Read the whole log first: with pipefail, `grep -q` closing the pipe early fails podman logs.
+podman logs "$NAME" >"$WORK/final.log" 2>&1
+grep -q 'drained; exiting' "$WORK/final.log" || fail "no 'drained; exiting' in the log"
 ok "exit code 0 after ${took}s"
 printf -- '    --- container log ---\n'
 podman logs "$NAME" 2>&1 | sed 's/^/    /'
